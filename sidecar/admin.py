@@ -1,0 +1,184 @@
+"""The admin port: probes, the preStop drain and /metrics, on a thread of its own.
+
+The admin server runs its own event loop in its own thread, so the kubelet gets an
+answer even while the app's event loop is busy (a CPU-bound handler, a blocking call),
+and a probe never waits behind app traffic. Kubelet probes time out after 1 s by
+default; every answer here comes from in-memory state and never awaits the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from .config import AdminConfig
+from .errors import BindError
+from .metrics import Metrics
+from .state import Check, Lifecycle
+
+logger = logging.getLogger("sidecar.admin")
+
+_PROBES = {"/livez": "livez", "/readyz": "readyz", "/startupz": "startupz"}
+
+
+def render_checks(
+    kind: str, checks: Sequence[Check], *, verbose: bool, as_json: bool
+) -> tuple[int, str, str]:
+    """Return (status, body, content type) for a probe, kube-apiserver style."""
+    ok = all(check.ok for check in checks)
+    status = 200 if ok else 503
+    if as_json:
+        document = {
+            "status": "ok" if ok else "failed",
+            "checks": [{"name": c.name, "ok": c.ok, "message": c.message} for c in checks],
+        }
+        return status, json.dumps(document), "application/json"
+    if not verbose:
+        if ok:
+            return status, "ok", "text/plain"
+        failed = ", ".join(c.name for c in checks if not c.ok)
+        return status, f"{kind} check failed: {failed}", "text/plain"
+    lines = [f"[+]{c.name} ok" if c.ok else f"[-]{c.name} failed: {c.message}" for c in checks]
+    lines.append(f"{kind} check {'passed' if ok else 'failed'}")
+    return status, "\n".join(lines) + "\n", "text/plain"
+
+
+def _wants_json(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "")
+    return "application/json" in accept and "text/plain" not in accept
+
+
+class AdminServer:
+    """Serve the admin endpoints from a daemon thread with its own event loop."""
+
+    def __init__(self, config: AdminConfig, lifecycle: Lifecycle, metrics: Metrics) -> None:
+        self._config = config
+        self._lifecycle = lifecycle
+        self._metrics = metrics
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._stopped: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self.address: tuple[str, int] | None = None
+
+    # -- lifecycle of the admin thread ----------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the thread and bind the port; raise ``BindError`` if binding fails."""
+        self._thread = threading.Thread(target=self._run, name="sidecar-admin", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise BindError(f"the admin server did not start within {timeout:g}s")
+        if self._error is not None:
+            self._thread.join()
+            raise self._error
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve())
+        except BaseException as exc:  # reported to start() or logged; the thread must end
+            if not self._started.is_set():
+                self._error = exc
+                self._started.set()
+            else:
+                logger.exception("admin server stopped unexpectedly")
+        finally:
+            loop.close()
+
+    async def _serve(self) -> None:
+        self._stopped = asyncio.Event()
+        app = web.Application(handler_args={"access_log": None})
+        for path in _PROBES:
+            app.router.add_get(path, self._probe)
+        app.router.add_get("/prestop", self._prestop)
+        app.router.add_post("/prestop", self._prestop)
+        app.router.add_get("/metrics", self._metrics_handler)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._runner = runner
+        host, port = self._config.host, self._config.port
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise BindError(
+                f"cannot bind the admin port {host}:{port} (admin.host/admin.port): "
+                f"{exc.strerror or exc}"
+            ) from exc
+        bound = runner.addresses[0]
+        self.address = (bound[0], bound[1])
+        self._started.set()
+        try:
+            await self._stopped.wait()
+        finally:
+            await runner.cleanup()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving and join the thread (safe to call more than once)."""
+        loop, stopped = self._loop, self._stopped
+        if loop is not None and stopped is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(stopped.set)
+            except RuntimeError:
+                pass  # the loop closed in between
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- handlers (run on the admin thread) -----------------------------------------------
+
+    async def _probe(self, request: web.Request) -> web.Response:
+        kind = _PROBES[request.path]
+        lifecycle = self._lifecycle
+        if kind == "livez":
+            checks = lifecycle.liveness_checks()
+        elif kind == "readyz":
+            checks = lifecycle.readiness_checks()
+        else:
+            checks = lifecycle.startup_checks()
+        verbose = "verbose" in request.query
+        status, body, content_type = render_checks(
+            kind, checks, verbose=verbose, as_json=_wants_json(request)
+        )
+        return web.Response(
+            status=status,
+            text=body,
+            content_type=content_type,
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def _prestop(self, request: web.Request) -> web.Response:
+        lifecycle = self._lifecycle
+        end = lifecycle.begin_drain()
+        remaining = end - lifecycle.clock()
+        client = request.remote or "-"
+        if remaining > 0:
+            logger.info("preStop from %s: draining for %.1fs before SIGTERM", client, remaining)
+            await asyncio.sleep(remaining)
+        return web.Response(text="drained\n", headers={"Cache-Control": "no-store"})
+
+    async def _metrics_handler(self, request: web.Request) -> web.Response:
+        body, content_type = self._metrics.render(request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def admin_url(address: tuple[str, int] | None, path: str = "") -> str:
+    """Build a URL on the admin port for local clients (0.0.0.0 becomes 127.0.0.1)."""
+    if address is None:
+        raise RuntimeError("the admin server is not bound")
+    host, port = address
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = "[::1]" if host == "::" else f"[{host}]"
+    return f"http://{host}:{port}{path}"
+

@@ -1,0 +1,426 @@
+"""The one configuration object: defaults < YAML file < environment < command-line flags.
+
+Every section is a frozen dataclass. Field metadata carries the documentation and the
+bounds, so validation, ``check-config`` output and the README table agree by construction.
+Durations are in seconds (fractions allowed) and say so in their ``_timeout``/``_delay`` names.
+Problems are collected across all layers and raised together as one ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+ENV_PREFIX = "SIDECAR_"
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _opt(default: Any, doc: str, **bounds: Any) -> Any:
+    return field(default=default, metadata={"doc": doc, **bounds})
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    target: str = _opt("", "The ASGI app as `module:attribute` (attribute may be dotted).")
+    factory: bool = _opt(False, "Call the target with no arguments to get the app.")
+    app_dir: str = _opt(".", "Directory put first on `sys.path` before importing the target.")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = _opt("0.0.0.0", "Address the app port binds to.")
+    port: int = _opt(8000, "App port (0 picks a free port).", min=0, max=65535)
+    root_path: str = _opt("", "ASGI `root_path` for apps mounted below a path prefix.")
+    backlog: int = _opt(2048, "Listen backlog of the app socket.", min=1)
+    # Longer than the idle timeout of common load balancers (60 s), so the proxy, not the
+    # sidecar, closes idle upstream connections; otherwise a proxy can reuse a connection
+    # the sidecar is closing and answer its client with a 502.
+    keep_alive_timeout: float = _opt(
+        75.0, "Seconds an idle keep-alive connection stays open.", min=0
+    )
+    loop: Literal["auto", "asyncio", "uvloop"] = _opt(
+        "auto", "Event loop for the app: `auto` uses uvloop when it is installed."
+    )
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    host: str = _opt("0.0.0.0", "Address the admin port (probes, preStop, metrics) binds to.")
+    port: int = _opt(8081, "Admin port (0 picks a free port).", min=0, max=65535)
+
+
+@dataclass(frozen=True)
+class LifespanConfig:
+    mode: Literal["auto", "on", "off"] = _opt(
+        "auto",
+        "`auto`: run lifespan, serve anyway if the app does not support it; "
+        "`on`: lifespan must succeed; `off`: never run it.",
+    )
+    startup_timeout: float = _opt(60.0, "Seconds to wait for `lifespan.startup.complete`.", min=0)
+    shutdown_timeout: float = _opt(
+        30.0, "Seconds to wait for `lifespan.shutdown.complete`.", min=0
+    )
+    startup_attempts: int = _opt(1, "Lifespan startup attempts before exiting with code 3.", min=1)
+    retry_backoff: float = _opt(
+        1.0, "Seconds before the second attempt; doubles after each failure.", min=0
+    )
+    retry_backoff_max: float = _opt(30.0, "Upper bound of the retry backoff, in seconds.", min=0)
+
+
+@dataclass(frozen=True)
+class ShutdownConfig:
+    drain_delay: float = _opt(
+        5.0,
+        "Seconds to keep serving after being marked not ready, while load balancers "
+        "remove the pod from their endpoints.",
+        min=0,
+    )
+    graceful_timeout: float = _opt(
+        20.0, "Seconds in-flight requests get to finish after the listener closes.", min=0
+    )
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: Literal["debug", "info", "warning", "error", "critical"] = _opt("info", "Log level.")
+    format: Literal["text", "json"] = _opt("text", "`text` or `json` (one object per line).")
+    access_log: bool = _opt(False, "Log one line per HTTP request.")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    requests: bool = _opt(
+        True, "Record per-request metrics (count, duration histogram, in-flight)."
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    app: AppConfig = field(default_factory=AppConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    lifespan: LifespanConfig = field(default_factory=LifespanConfig)
+    shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Return the configuration as plain nested dicts (for YAML output)."""
+        return dataclasses.asdict(self)
+
+
+SECTIONS: dict[str, type[Any]] = {
+    f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)
+}
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """One configuration key: where it lives, its type, default and documentation."""
+
+    section: str
+    name: str
+    type: Any
+    default: Any
+    doc: str
+    bounds: Mapping[str, Any]
+
+    @property
+    def path(self) -> str:
+        return f"{self.section}.{self.name}"
+
+    @property
+    def env(self) -> str:
+        return f"{ENV_PREFIX}{self.section.upper()}_{self.name.upper()}"
+
+    @property
+    def expected(self) -> str:
+        """Describe the accepted form, for error messages and docs."""
+        if typing.get_origin(self.type) is Literal:
+            return "one of " + ", ".join(repr(c) for c in typing.get_args(self.type))
+        if self.type is bool:
+            return "a boolean (true or false)"
+        if self.type is int:
+            low, high = self.bounds.get("min"), self.bounds.get("max")
+            if low is not None and high is not None:
+                return f"an integer from {low} to {high}"
+            return f"an integer >= {low}" if low is not None else "an integer"
+        if self.type is float:
+            return "a number of seconds >= 0 (fractions allowed, e.g. 2.5)"
+        return "a string"
+
+
+def key_specs() -> list[KeySpec]:
+    """List every configuration key in declaration order."""
+    specs = []
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            bounds = {k: v for k, v in f.metadata.items() if k != "doc"}
+            specs.append(KeySpec(section, f.name, hints[f.name], f.default, f.metadata["doc"], bounds))
+    return specs
+
+
+_SPECS = {spec.path: spec for spec in key_specs()}
+_ENV_NAMES = {spec.env: spec for spec in _SPECS.values()}
+
+
+def _did_you_mean(word: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _coerce(spec: KeySpec, value: Any, *, from_text: bool) -> Any:
+    """Convert ``value`` to the key's type or raise ``_Invalid``.
+
+    ``from_text`` is set for environment variables and flags, whose values are strings
+    that still need parsing; YAML values arrive already typed and must match.
+    """
+    kind = spec.type
+    if typing.get_origin(kind) is Literal:
+        choices = typing.get_args(kind)
+        text = value.strip().lower() if from_text and isinstance(value, str) else value
+        if text not in choices:
+            raise _Invalid
+        return text
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if from_text and isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in _TRUE:
+                return True
+            if lowered in _FALSE:
+                return False
+        raise _Invalid
+    if kind is int or kind is float:
+        if isinstance(value, bool):
+            raise _Invalid
+        if from_text and isinstance(value, str):
+            try:
+                value = int(value) if kind is int else float(value)
+            except ValueError:
+                raise _Invalid from None
+        if kind is int and not isinstance(value, int):
+            raise _Invalid
+        if kind is float:
+            if not isinstance(value, int | float) or value != value or value in (
+                float("inf"),
+                float("-inf"),
+            ):
+                raise _Invalid
+            value = float(value)
+        low, high = spec.bounds.get("min"), spec.bounds.get("max")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise _Invalid
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise _Invalid
+        return value
+    raise TypeError(f"unsupported config type {kind!r} for {spec.path}")  # pragma: no cover
+
+
+class _Layer:
+    """Collect validated values and problems from one source (file, env, flags)."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        self.values: dict[str, Any] = {}
+
+    def put(self, spec: KeySpec, value: Any, *, from_text: bool, where: str) -> None:
+        try:
+            self.values[spec.path] = _coerce(spec, value, from_text=from_text)
+        except _Invalid:
+            self.problems.append(
+                f"{where}: invalid value {repr(value)} for {spec.path}; expected {spec.expected}"
+            )
+
+
+def _file_layer(path: Path, problems: list[str]) -> _Layer:
+    layer = _Layer(str(path), problems)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        problems.append(f"{path}: cannot read config file: {exc.strerror or exc}")
+        return layer
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problems.append(f"{path}: not valid YAML: {exc}")
+        return layer
+    if data is None:
+        return layer
+    if not isinstance(data, dict):
+        problems.append(
+            f"{path}: the top level must be a mapping of sections "
+            f"({', '.join(SECTIONS)}), got {type(data).__name__}"
+        )
+        return layer
+    for section, body in data.items():
+        if section not in SECTIONS:
+            problems.append(
+                f"{path}: unknown section {section!r}{_did_you_mean(str(section), SECTIONS)}; "
+                f"expected one of: {', '.join(SECTIONS)}"
+            )
+            continue
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            problems.append(
+                f"{path}: section {section!r} must be a mapping of keys, "
+                f"got {type(body).__name__} {repr(body)}"
+            )
+            continue
+        names = [s.name for s in _SPECS.values() if s.section == section]
+        for key, value in body.items():
+            spec = _SPECS.get(f"{section}.{key}")
+            if spec is None:
+                problems.append(
+                    f"{path}: unknown key {section}.{key}{_did_you_mean(str(key), names)}; "
+                    f"keys of {section!r}: {', '.join(names)}"
+                )
+                continue
+            layer.put(spec, value, from_text=False, where=str(path))
+    return layer
+
+
+def _env_layer(env: Mapping[str, str], problems: list[str]) -> _Layer:
+    layer = _Layer("environment", problems)
+    section_prefixes = {f"{ENV_PREFIX}{s.upper()}_": s for s in SECTIONS}
+    for name, value in env.items():
+        spec = _ENV_NAMES.get(name)
+        if spec is not None:
+            layer.put(spec, value, from_text=True, where=f"environment {name}")
+            continue
+        # Only a name inside one of our sections is a typo; other SIDECAR_* variables
+        # (for instance Kubernetes service links of a Service named "sidecar") are not ours.
+        for prefix in section_prefixes:
+            if name.startswith(prefix):
+                hint = _did_you_mean(name, _ENV_NAMES)
+                if value.startswith(("tcp://", "udp://")) or name.endswith(
+                    ("_SERVICE_HOST", "_SERVICE_PORT")
+                ):
+                    hint += (
+                        "; this looks like a Kubernetes service link variable: set "
+                        "enableServiceLinks: false on the pod or rename the Service"
+                    )
+                problems.append(f"environment {name}: unknown setting{hint}")
+                break
+    return layer
+
+
+def _override_layer(overrides: Mapping[str, Any], problems: list[str]) -> _Layer:
+    layer = _Layer("command line", problems)
+    for path, value in overrides.items():
+        if value is None:
+            continue
+        spec = _SPECS.get(path)
+        if spec is None:  # a programming error in the CLI, not user input
+            raise KeyError(f"unknown config key {path!r}")
+        layer.put(spec, value, from_text=isinstance(value, str), where="command line")
+    return layer
+
+
+def _check_ports(config: Config, problems: list[str]) -> None:
+    app, admin = config.server, config.admin
+    if app.port == 0 or admin.port == 0 or app.port != admin.port:
+        return
+    if _hosts_overlap(app.host, admin.host):
+        problems.append(
+            f"server.port and admin.port are both {app.port} on overlapping addresses "
+            f"({app.host!r} and {admin.host!r}); give the admin port its own number, e.g. 8081"
+        )
+
+
+def _hosts_overlap(a: str, b: str) -> bool:
+    wildcard = {"", "0.0.0.0", "::", "*"}
+    if a in wildcard or b in wildcard or a == b:
+        return True
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return False
+
+
+def _check_coherence(config: Config, problems: list[str]) -> None:
+    if config.lifespan.retry_backoff > config.lifespan.retry_backoff_max:
+        problems.append(
+            f"lifespan.retry_backoff ({config.lifespan.retry_backoff}) is larger than "
+            f"lifespan.retry_backoff_max ({config.lifespan.retry_backoff_max}); "
+            "expected retry_backoff <= retry_backoff_max"
+        )
+    root = config.server.root_path
+    if root and (not root.startswith("/") or root.endswith("/")):
+        problems.append(
+            f"invalid value {root!r} for server.root_path; expected an empty string or a "
+            "path that starts with '/' and does not end with '/', e.g. '/api'"
+        )
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the effective configuration; raise ``ConfigError`` listing every problem.
+
+    ``overrides`` maps key paths (``"server.port"``) to flag values; ``None`` means unset.
+    The environment is passed in, never read here, so callers and tests control it.
+    """
+    problems: list[str] = []
+    layers = []
+    if path is not None:
+        layers.append(_file_layer(Path(path), problems))
+    layers.append(_env_layer(env or {}, problems))
+    layers.append(_override_layer(overrides or {}, problems))
+
+    merged: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    for layer in layers:
+        for key_path, value in layer.values.items():
+            section, name = key_path.split(".", 1)
+            merged[section][name] = value
+    if problems:
+        raise ConfigError(problems)
+
+    config = Config(**{s: SECTIONS[s](**values) for s, values in merged.items()})
+    _check_ports(config, problems)
+    _check_coherence(config, problems)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def require_target(config: Config) -> None:
+    """Raise ``ConfigError`` when no app target is configured."""
+    if not config.app.target:
+        raise ConfigError(
+            [
+                "no app given: pass APP as `module:attribute` (e.g. `myproject.main:app`), "
+                f"or set app.target in the config file or {_SPECS['app.target'].env}"
+            ]
+        )
+
+
+def dump_config(config: Config) -> str:
+    """Render the effective configuration as YAML."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
+

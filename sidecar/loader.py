@@ -1,0 +1,102 @@
+"""Turn ``module:attribute`` into an ASGI callable, with errors that say what went wrong."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import AppLoadError
+from .types import ASGIApp
+
+_FORM = "expected the form `module:attribute`, e.g. `myproject.main:app` or `pkg.mod:container.app`"
+
+
+def parse_target(target: str) -> tuple[str, str]:
+    """Split ``module:attr.path`` into its two halves or raise ``AppLoadError``."""
+    module, sep, attribute = target.partition(":")
+    if not sep or not module or not attribute or ":" in attribute:
+        raise AppLoadError("target", f"invalid app {target!r}: {_FORM}")
+    parts = [*module.split("."), *attribute.split(".")]
+    if not all(part.isidentifier() for part in parts):
+        raise AppLoadError("target", f"invalid app {target!r}: {_FORM}")
+    return module, attribute
+
+
+def _import(module_name: str, target: str) -> Any:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # Only "not found" when the missing module is the target itself or one of its
+        # parent packages; a missing dependency imported *inside* the module is an
+        # import failure of the user's code and must say so.
+        missing = exc.name or ""
+        if module_name == missing or module_name.startswith(missing + "."):
+            raise AppLoadError(
+                "not_found",
+                f"cannot load app {target!r}: module {module_name!r} not found "
+                f"(looked in sys.path, starting with {sys.path[0]!r}); "
+                "check the module path and the app_dir setting",
+            ) from exc
+        raise AppLoadError(
+            "import_failed",
+            f"cannot load app {target!r}: importing module {module_name!r} raised "
+            f"{type(exc).__name__}: {exc}",
+        ) from exc
+    except (Exception, SystemExit) as exc:
+        raise AppLoadError(
+            "import_failed",
+            f"cannot load app {target!r}: importing module {module_name!r} raised "
+            f"{type(exc).__name__}: {exc}",
+        ) from exc
+
+
+def load_app(target: str, *, factory: bool = False, app_dir: str | None = ".") -> ASGIApp:
+    """Import ``target`` and return the ASGI app (calling it first when ``factory``)."""
+    module_name, attribute = parse_target(target)
+    if app_dir is not None:
+        directory = str(Path(app_dir).resolve())
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
+    obj: Any = _import(module_name, target)
+    walked = module_name
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            available = sorted(n for n in dir(obj) if not n.startswith("_"))[:20]
+            raise AppLoadError(
+                "attribute",
+                f"cannot load app {target!r}: {walked!r} has no attribute {part!r}"
+                + (f"; it has: {', '.join(available)}" if available else ""),
+            ) from None
+        walked = f"{walked}:{part}" if walked == module_name else f"{walked}.{part}"
+    if factory:
+        if not callable(obj):
+            raise AppLoadError(
+                "not_callable",
+                f"cannot load app {target!r}: --factory was given but {type(obj).__name__} "
+                "object is not callable",
+            )
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise AppLoadError(
+                "factory",
+                f"cannot load app {target!r}: the factory raised {type(exc).__name__}: {exc}",
+            ) from exc
+        if inspect.isawaitable(obj):
+            raise AppLoadError(
+                "factory",
+                f"cannot load app {target!r}: the factory returned an awaitable; "
+                "factories must be plain functions that return the app",
+            )
+    if not callable(obj):
+        raise AppLoadError(
+            "not_callable",
+            f"cannot load app {target!r}: got a {type(obj).__name__}, which is not an ASGI "
+            "callable; if it builds the app, pass --factory",
+        )
+    return obj  # type: ignore[no-any-return]

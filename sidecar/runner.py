@@ -1,0 +1,328 @@
+"""The composition root: load the app, drive its lifespan, serve, drain, stop.
+
+Only this module knows every part. The order of a run:
+
+1. admin port up (probes answer from the first moment: live, not started, not ready);
+2. import the app, run lifespan startup (retried with backoff), cancellable by a signal;
+3. bind the app port only after startup completed, then report ready;
+4. on SIGTERM/SIGINT (or the injected trigger): not ready, keep serving for what is
+   left of the drain delay, close the listener, let in-flight requests finish within
+   the graceful timeout; a second signal skips what is left of both waits;
+5. lifespan shutdown, always, once startup completed;
+6. admin port down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from prometheus_client import CollectorRegistry
+
+from ._version import __version__
+from .admin import AdminServer
+from .app_server import AppServer
+from .config import Config
+from .errors import AppLoadError, ConfigError, LifespanError
+from .lifespan import LifespanDriver
+from .loader import load_app
+from .metrics import Metrics
+from .state import Lifecycle, Phase, Transition
+from .types import ASGIApp
+
+logger = logging.getLogger("sidecar")
+
+T = TypeVar("T")
+ShutdownTrigger = Callable[[], Awaitable[Any]]
+
+
+class Sidecar:
+    """One sidecar process: its lifecycle, metrics, admin server and app server."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        app: ASGIApp | None = None,
+        registry: CollectorRegistry | None = None,
+        process_collectors: bool = True,
+    ) -> None:
+        self.config = config
+        self._app = app
+        self.lifecycle = Lifecycle(drain_delay=config.shutdown.drain_delay)
+        self.metrics = Metrics(
+            version=__version__,
+            phases=[phase.value for phase in Phase],
+            registry=registry,
+            process_collectors=process_collectors,
+        )
+        self.metrics.set_phase(Phase.STARTING.value, ready=False)
+        self.lifecycle.subscribe(self._on_transition)
+        self.admin = AdminServer(config.admin, self.lifecycle, self.metrics)
+        self.app_server: AppServer | None = None
+        #: Set once the app port is bound and the sidecar reports ready.
+        self.serving = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # asyncio.Event binds to a loop on first use, so both can be made here.
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+
+    # -- shutdown requests ----------------------------------------------------------------
+
+    def request_shutdown(self, *, force: bool = False) -> None:
+        """Begin the graceful shutdown; a second request (or ``force``) cuts it short.
+
+        Safe to call from any thread and from signal handlers.
+        """
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._on_shutdown_request, force)
+
+    def _on_shutdown_request(self, force: bool) -> None:
+        stop, cut = self._stop, self._force
+        if stop.is_set() or force:
+            if not cut.is_set():
+                logger.warning("second shutdown request: skipping what is left of the drain")
+            cut.set()
+        stop.set()
+
+    def _on_signal(self, signum: int) -> None:
+        logger.info("received %s", signal.Signals(signum).name)
+        self._on_shutdown_request(False)
+
+    # -- logging and metrics of transitions -----------------------------------------------
+
+    def _on_transition(self, change: Transition) -> None:
+        self.metrics.set_phase(change.phase.value, ready=change.phase is Phase.READY)
+        logger.info(
+            "phase %s -> %s after %.3fs%s",
+            change.previous.value,
+            change.phase.value,
+            change.duration,
+            f" ({change.detail})" if change.detail else "",
+            extra={
+                "event": "transition",
+                "phase": change.phase.value,
+                "previous": change.previous.value,
+                "duration_s": round(change.duration, 6),
+            },
+        )
+
+    def _on_lifespan_crash(self, message: str) -> None:
+        self.metrics.lifespan_crashes.inc()
+        self.lifecycle.mark_lifespan_crashed(message)
+
+    # -- the run ------------------------------------------------------------------------------
+
+    async def serve(self, *, shutdown_trigger: ShutdownTrigger | None = None) -> None:
+        """Run until shut down; raise ``AppLoadError``/``LifespanError``/``BindError``.
+
+        Signal handlers for SIGTERM and SIGINT are installed only when no
+        ``shutdown_trigger`` is given; with one, shutdown begins when it returns.
+        """
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        installed: list[int] = []
+        trigger_task: asyncio.Task[None] | None = None
+        if shutdown_trigger is None:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self._on_signal, signum)
+                installed.append(signum)
+        else:
+            trigger_task = asyncio.create_task(self._watch(shutdown_trigger))
+        try:
+            self.admin.start()
+            logger.info("admin endpoints on http://%s:%d", *self._address(self.admin.address))
+            driver = await self._start_app()
+            if driver is None:
+                self.lifecycle.transition(Phase.STOPPING, "shutdown requested during startup")
+                self.lifecycle.transition(Phase.STOPPED)
+                return
+            await self._serve_app(driver)
+        except BaseException:
+            if self.lifecycle.phase not in (Phase.STOPPED, Phase.FAILED):
+                self.lifecycle.transition(Phase.FAILED)
+            raise
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+            if trigger_task is not None:
+                trigger_task.cancel()
+            self.admin.stop()
+
+    async def _watch(self, trigger: ShutdownTrigger) -> None:
+        await trigger()
+        self._on_shutdown_request(False)
+
+    @staticmethod
+    def _address(address: tuple[str, int] | None) -> tuple[str, int]:
+        return address if address is not None else ("?", 0)
+
+    async def _until_stopped(self, awaitable: Awaitable[T]) -> tuple[bool, T | None]:
+        """Await ``awaitable`` unless shutdown is requested first; then cancel it.
+
+        Returns ``(True, result)`` when it finished, ``(False, None)`` when cancelled.
+        """
+        work = asyncio.ensure_future(awaitable)
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if work.done():
+            return True, work.result()
+        work.cancel()
+        await asyncio.gather(work, return_exceptions=True)
+        return False, None
+
+    def _load(self) -> ASGIApp:
+        if self._app is not None:
+            return self._app
+        app_config = self.config.app
+        try:
+            app = load_app(app_config.target, factory=app_config.factory, app_dir=app_config.app_dir)
+        except AppLoadError as exc:
+            self.metrics.startup_failures.labels("import").inc()
+            self.lifecycle.mark_startup_failed(str(exc))
+            self.lifecycle.transition(Phase.FAILED, "the app could not be loaded")
+            raise
+        self._app = app
+        return app
+
+    async def _start_app(self) -> LifespanDriver | None:
+        """Import the app and run lifespan startup; ``None`` if shutdown came first."""
+        app = self._load()
+        config = self.config.lifespan
+        loop = asyncio.get_running_loop()
+        for attempt in range(1, config.startup_attempts + 1):
+            driver = LifespanDriver(config, app, on_crash=self._on_lifespan_crash)
+            began = loop.time()
+            try:
+                finished, _ = await self._until_stopped(driver.startup())
+            except LifespanError as exc:
+                elapsed = loop.time() - began
+                self.metrics.startup_duration.set(elapsed)
+                self.metrics.startup_failures.labels(exc.reason).inc()
+                summary = str(exc).splitlines()[0]
+                self.lifecycle.mark_startup_failed(summary)
+                logger.error(
+                    "lifespan startup attempt %d/%d failed after %.3fs (%s): %s",
+                    attempt,
+                    config.startup_attempts,
+                    elapsed,
+                    exc.reason,
+                    exc,
+                    extra={"event": "startup_failed", "reason": exc.reason, "attempt": attempt},
+                )
+                if attempt == config.startup_attempts:
+                    self.lifecycle.transition(Phase.FAILED, f"startup failed ({exc.reason})")
+                    raise
+                backoff = min(config.retry_backoff * 2 ** (attempt - 1), config.retry_backoff_max)
+                logger.info("retrying lifespan startup in %.1fs", backoff)
+                finished, _ = await self._until_stopped(asyncio.sleep(backoff))
+                if not finished:
+                    logger.info("shutdown requested while waiting to retry startup")
+                    return None
+                continue
+            if not finished:
+                logger.info("shutdown requested during lifespan startup; startup cancelled")
+                return None
+            elapsed = loop.time() - began
+            self.metrics.startup_duration.set(elapsed)
+            how = "lifespan startup complete" if driver.supported else "started without lifespan"
+            logger.info(
+                "%s in %.3fs",
+                how,
+                elapsed,
+                extra={"event": "startup_complete", "duration_s": round(elapsed, 6)},
+            )
+            return driver
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _serve_app(self, driver: LifespanDriver) -> None:
+        config = self.config
+        app = self._load()
+        server = AppServer(
+            config.server,
+            app,
+            driver.state,
+            metrics=self.metrics if config.metrics.requests else None,
+            access_log=config.logging.access_log,
+        )
+        self.app_server = server
+        try:
+            await server.start()
+        except BaseException:
+            await self._lifespan_shutdown(driver)
+            raise
+        logger.info("serving the app on http://%s:%d", *self._address(server.address))
+        self.lifecycle.mark_started()
+        self.serving.set()
+
+        await self._stop.wait()
+
+        # Drain: keep serving while load balancers stop routing here. A preStop hook
+        # may have started the drain already; only what is left of it is waited for.
+        end = self.lifecycle.begin_drain()
+        remaining = end - self.lifecycle.clock()
+        if remaining > 0 and not self._force.is_set():
+            logger.info("draining: serving for %.1fs more before closing the listener", remaining)
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._force.wait()
+            except TimeoutError:
+                pass
+        self.lifecycle.transition(Phase.STOPPING, f"{server.in_flight} request(s) in flight")
+        graceful = 0.0 if self._force.is_set() else config.shutdown.graceful_timeout
+        await server.stop(graceful, cut_short=self._force)
+        # Lifespan shutdown runs once startup completed, whatever happened to requests.
+        await self._lifespan_shutdown(driver)
+        self.lifecycle.transition(Phase.STOPPED)
+
+    async def _lifespan_shutdown(self, driver: LifespanDriver) -> None:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        try:
+            await driver.shutdown()
+        except LifespanError as exc:
+            self.metrics.shutdown_failures.labels(exc.reason).inc()
+            logger.error(
+                "lifespan shutdown failed (%s): %s",
+                exc.reason,
+                exc,
+                extra={"event": "shutdown_failed", "reason": exc.reason},
+            )
+        else:
+            if driver.supported:
+                logger.info(
+                    "lifespan shutdown complete in %.3fs",
+                    loop.time() - began,
+                    extra={"event": "shutdown_complete"},
+                )
+        finally:
+            self.metrics.shutdown_duration.set(loop.time() - began)
+
+
+def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if kind == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if kind == "uvloop":
+            raise ConfigError(
+                ["server.loop is 'uvloop' but uvloop is not installed; "
+                 "pip install 'lifespan-sidecar[uvloop]' or set server.loop to 'auto'"]
+            ) from None
+        return None
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
+
+
+def run(config: Config) -> None:
+    """Run a sidecar for ``config`` in this thread until it stops (the CLI's entry)."""
+    with asyncio.Runner(loop_factory=_loop_factory(config.server.loop)) as runner:
+        runner.run(Sidecar(config).serve())

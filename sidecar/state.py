@@ -1,0 +1,206 @@
+"""Lifecycle phases and availability: the one mutable object shared by both threads.
+
+The app thread moves the phase forward; the admin thread reads it to answer probes and
+starts the preStop drain. Every access goes through one lock, and listeners (logging,
+metrics) are called outside it, in the order transitions happened.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Phase(str, Enum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A phase change: ``duration`` is the time spent in ``previous``, in seconds."""
+
+    previous: Phase
+    phase: Phase
+    duration: float
+    detail: str
+
+
+@dataclass(frozen=True)
+class Check:
+    """One named probe check, as kube-apiserver prints them under ``?verbose``."""
+
+    name: str
+    ok: bool
+    message: str = "ok"
+
+
+Listener = Callable[[Transition], None]
+
+# Phases a lifecycle may move to from each phase; anything else is a bug in the caller.
+_ALLOWED: dict[Phase, frozenset[Phase]] = {
+    Phase.STARTING: frozenset({Phase.READY, Phase.DRAINING, Phase.STOPPING, Phase.FAILED}),
+    Phase.READY: frozenset({Phase.DRAINING, Phase.STOPPING, Phase.FAILED}),
+    Phase.DRAINING: frozenset({Phase.STOPPING, Phase.FAILED}),
+    Phase.STOPPING: frozenset({Phase.STOPPED, Phase.FAILED}),
+    Phase.STOPPED: frozenset(),
+    Phase.FAILED: frozenset(),
+}
+
+
+class Lifecycle:
+    """The process's phase, startup outcome, drain clock and lifespan health."""
+
+    def __init__(
+        self, *, drain_delay: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._drain_delay = drain_delay
+        self._phase = Phase.STARTING
+        self._since = clock()
+        self._started_at = self._since
+        self._startup_complete = False
+        self._startup_error: str | None = None
+        self._drain_started: float | None = None
+        self._lifespan_crash: str | None = None
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``listener`` on every transition (from whichever thread makes it)."""
+        self._listeners.append(listener)
+
+    @property
+    def phase(self) -> Phase:
+        with self._lock:
+            return self._phase
+
+    @property
+    def startup_complete(self) -> bool:
+        with self._lock:
+            return self._startup_complete
+
+    def _move(self, phase: Phase, detail: str = "") -> Transition | None:
+        """Change phase under the lock; the caller notifies listeners after releasing it."""
+        if phase is self._phase:
+            return None
+        if phase not in _ALLOWED[self._phase]:
+            raise RuntimeError(f"invalid lifecycle transition {self._phase.value} -> {phase.value}")
+        now = self._clock()
+        change = Transition(self._phase, phase, now - self._since, detail)
+        self._phase, self._since = phase, now
+        return change
+
+    def _notify(self, change: Transition | None) -> None:
+        if change is not None:
+            for listener in self._listeners:
+                listener(change)
+
+    def transition(self, phase: Phase, detail: str = "") -> None:
+        """Move to ``phase``; a no-op when already there."""
+        with self._lock:
+            change = self._move(phase, detail)
+        self._notify(change)
+
+    def mark_started(self) -> None:
+        """Record that startup completed; become READY unless a drain already began."""
+        with self._lock:
+            self._startup_complete = True
+            change = None
+            if self._phase is Phase.STARTING:
+                target = Phase.READY if self._drain_started is None else Phase.DRAINING
+                change = self._move(target, "startup complete")
+        self._notify(change)
+
+    def mark_startup_failed(self, message: str) -> None:
+        """Record the last startup failure (shown on probes while retrying or failing)."""
+        with self._lock:
+            self._startup_error = message
+
+    def mark_lifespan_crashed(self, message: str) -> None:
+        """Record that the app's lifespan task died after startup completed."""
+        with self._lock:
+            self._lifespan_crash = message
+
+    def begin_drain(self) -> float:
+        """Start the drain if none is running; return its end on this lifecycle's clock.
+
+        Every caller (preStop, SIGTERM, a second preStop) gets the same end time, so
+        concurrent drains are one drain. Before startup completes nothing is routed
+        here yet, so the drain ends at once.
+        """
+        with self._lock:
+            now = self._clock()
+            change = None
+            if self._drain_started is None:
+                self._drain_started = now
+                if self._phase is Phase.READY:
+                    change = self._move(Phase.DRAINING, "drain started")
+            if not self._startup_complete or self._phase not in (Phase.READY, Phase.DRAINING):
+                end = now
+            else:
+                end = self._drain_started + self._drain_delay
+        self._notify(change)
+        return end
+
+    @property
+    def drain_started(self) -> float | None:
+        with self._lock:
+            return self._drain_started
+
+    def clock(self) -> float:
+        return self._clock()
+
+    # -- probe checks -------------------------------------------------------------------
+
+    def liveness_checks(self) -> list[Check]:
+        """Is the process healthy? (a failure tells the kubelet to restart it)."""
+        with self._lock:
+            checks = [Check("ping", True)]
+            if self._lifespan_crash is not None:
+                checks.append(
+                    Check("lifespan", False, f"lifespan task crashed: {self._lifespan_crash}")
+                )
+            elif self._phase is Phase.FAILED:
+                checks.append(
+                    Check("lifespan", False, f"startup failed: {self._startup_error or 'unknown'}")
+                )
+            else:
+                checks.append(Check("lifespan", True))
+            return checks
+
+    def readiness_checks(self) -> list[Check]:
+        """Should traffic be routed here now?"""
+        with self._lock:
+            return [Check("ping", True), self._startup_check(), self._draining_check()]
+
+    def startup_checks(self) -> list[Check]:
+        """Has startup completed?"""
+        with self._lock:
+            return [Check("ping", True), self._startup_check()]
+
+    def _startup_check(self) -> Check:
+        if self._startup_complete:
+            return Check("startup", True)
+        if self._phase is Phase.FAILED:
+            return Check("startup", False, f"startup failed: {self._startup_error or 'unknown'}")
+        elapsed = self._clock() - self._started_at
+        message = f"startup in progress for {elapsed:.1f}s"
+        if self._startup_error is not None:
+            message += f"; last attempt failed: {self._startup_error}"
+        return Check("startup", False, message)
+
+    def _draining_check(self) -> Check:
+        if self._phase in (Phase.STARTING, Phase.READY) and self._drain_started is None:
+            return Check("draining", True)
+        if self._drain_started is not None and self._phase is Phase.DRAINING:
+            since = self._clock() - self._drain_started
+            return Check("draining", False, f"draining for {since:.1f}s")
+        return Check("draining", False, f"shutting down (phase {self._phase.value})")
