@@ -64,7 +64,8 @@ class AdminServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._stopped: asyncio.Event | None = None
-        self._started = threading.Event()
+        #: Set once the admin port is bound (or binding failed).
+        self.bound = threading.Event()
         self._error: BaseException | None = None
         self.address: tuple[str, int] | None = None
 
@@ -74,7 +75,7 @@ class AdminServer:
         """Start the thread and bind the port; raise ``BindError`` if binding fails."""
         self._thread = threading.Thread(target=self._run, name="sidecar-admin", daemon=True)
         self._thread.start()
-        if not self._started.wait(timeout):
+        if not self.bound.wait(timeout):
             raise BindError(f"the admin server did not start within {timeout:g}s")
         if self._error is not None:
             self._thread.join()
@@ -86,9 +87,9 @@ class AdminServer:
         try:
             loop.run_until_complete(self._serve())
         except BaseException as exc:  # reported to start() or logged; the thread must end
-            if not self._started.is_set():
+            if not self.bound.is_set():
                 self._error = exc
-                self._started.set()
+                self.bound.set()
             else:
                 logger.exception("admin server stopped unexpectedly")
         finally:
@@ -117,7 +118,7 @@ class AdminServer:
             ) from exc
         bound = runner.addresses[0]
         self.address = (bound[0], bound[1])
-        self._started.set()
+        self.bound.set()
         try:
             await self._stopped.wait()
         finally:

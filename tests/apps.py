@@ -1,0 +1,250 @@
+"""Small raw ASGI apps, one per behaviour under test.
+
+Apps that tests need to observe record what happened in module-level objects that are
+safe to read from the test thread (``threading.Event``, lists appended under the GIL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from typing import Any
+
+from sidecar.types import Message, Receive, Scope, Send
+
+
+async def respond(send: Send, status: int = 200, body: bytes = b"ok", **extra: Any) -> None:
+    headers = [(b"content-type", b"text/plain")] + list(extra.get("headers", []))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def http_only(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer every HTTP request with ``ok``; ignore lifespan by raising (like Django)."""
+    if scope["type"] != "http":
+        raise ValueError(f"unsupported scope type {scope['type']}")
+    await respond(send)
+
+
+def lifespan_app(
+    *,
+    on_startup: str = "complete",
+    on_shutdown: str = "complete",
+    state: dict[str, Any] | None = None,
+    startup_message: str = "",
+) -> Any:
+    """Build an app whose lifespan does what the arguments say.
+
+    ``on_startup``/``on_shutdown``: ``complete``, ``failed``, ``raise``, ``hang``,
+    ``return`` (return without answering). Requests answer with the scope's state as JSON.
+    """
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            message = await receive()
+            assert message["type"] == "lifespan.startup"
+            if on_startup == "complete":
+                scope["state"].update(state or {})
+                await send({"type": "lifespan.startup.complete"})
+            elif on_startup == "failed":
+                await send({"type": "lifespan.startup.failed", "message": startup_message})
+                return
+            elif on_startup == "raise":
+                raise RuntimeError("database is unreachable")
+            elif on_startup == "hang":
+                await asyncio.Event().wait()
+            elif on_startup == "return":
+                return
+            message = await receive()
+            assert message["type"] == "lifespan.shutdown"
+            if on_shutdown == "complete":
+                await send({"type": "lifespan.shutdown.complete"})
+            elif on_shutdown == "failed":
+                await send({"type": "lifespan.shutdown.failed", "message": "pool did not close"})
+            elif on_shutdown == "raise":
+                raise RuntimeError("shutdown blew up")
+            elif on_shutdown == "hang":
+                await asyncio.Event().wait()
+            return
+        body = json.dumps(sorted(scope.get("state", {}))).encode()
+        await respond(send, body=body)
+
+    return app
+
+
+async def returns_after_startup(scope: Scope, receive: Receive, send: Send) -> None:
+    """Complete startup and return at once (allowed by the spec)."""
+    if scope["type"] == "lifespan":
+        await receive()
+        scope["state"]["answer"] = 42
+        await send({"type": "lifespan.startup.complete"})
+        return
+    await respond(send, body=str(scope["state"]["answer"]).encode())
+
+
+class CrashAfterStartup:
+    """Complete startup; the lifespan task raises once ``trigger()`` is called."""
+
+    def __init__(self) -> None:
+        self.crashed = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._go: asyncio.Event | None = None
+
+    def trigger(self) -> None:
+        assert self._loop is not None and self._go is not None
+        self._loop.call_soon_threadsafe(self._go.set)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await receive()
+            self._loop, self._go = asyncio.get_running_loop(), asyncio.Event()
+            await send({"type": "lifespan.startup.complete"})
+            await self._go.wait()
+            self.crashed.set()
+            raise RuntimeError("background refresher died")
+        await respond(send)
+
+
+class FlakyStartup:
+    """Fail lifespan startup ``failures`` times, then succeed."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.attempts = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await receive()
+            self.attempts += 1
+            if self.attempts <= self.failures:
+                await send({"type": "lifespan.startup.failed", "message": f"try {self.attempts}"})
+                return
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await respond(send)
+
+
+async def out_of_order(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer lifespan.startup with a shutdown message."""
+    if scope["type"] == "lifespan":
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await respond(send)
+
+
+class Recorder:
+    """An app that records each HTTP scope and the messages it received."""
+
+    def __init__(self) -> None:
+        self.scopes: list[Scope] = []
+        self.messages: list[list[Message]] = []
+        self.disconnected = threading.Event()
+        self.lifespan_calls = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            self.lifespan_calls += 1
+            await receive()
+            scope["state"]["shared"] = {"hits": 0}
+            scope["state"]["name"] = "recorder"
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        self.scopes.append(dict(scope))
+        received: list[Message] = []
+        self.messages.append(received)
+        path = scope["path"]
+        if path == "/mutate-state":
+            scope["state"]["added_by_request"] = True
+            scope["state"]["shared"]["hits"] += 1
+        if path == "/wait-disconnect":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"streaming", "more_body": True})
+            while True:
+                message = await receive()
+                received.append(message)
+                if message["type"] == "http.disconnect":
+                    self.disconnected.set()
+                    return
+        body = b""
+        while True:
+            message = await receive()
+            received.append(message)
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        document = {
+            "path": scope["path"],
+            "body_len": len(body),
+            "chunks": len(received),
+            "state_keys": sorted(scope["state"]),
+            "hits": scope["state"]["shared"]["hits"],
+        }
+        await respond(send, body=json.dumps(document).encode())
+
+
+async def streaming(scope: Scope, receive: Receive, send: Send) -> None:
+    """Stream five chunks without a Content-Length."""
+    if scope["type"] != "http":
+        raise ValueError("no lifespan here")
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    for index in range(5):
+        await send({"type": "http.response.body", "body": b"part%d;" % index, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def faulty(scope: Scope, receive: Receive, send: Send) -> None:
+    """Misbehave in the way the path says."""
+    if scope["type"] != "http":
+        raise ValueError("no lifespan here")
+    path = scope["path"]
+    if path == "/raise-before":
+        raise RuntimeError("boom before the response")
+    if path == "/raise-after":
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"100")]}
+        )
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        raise RuntimeError("boom in the middle of the response")
+    if path == "/no-response":
+        return
+    if path == "/bad-message":
+        await send({"type": "http.response.body", "body": b"body before start"})
+        return
+    await respond(send)
+
+
+class SlowRequests:
+    """Answer ``/slow`` after ``release`` is set; everything else at once."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.saw_disconnect = threading.Event()
+        self.shutdown_ran = threading.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await receive()
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            self.shutdown_ran.set()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["path"] == "/slow":
+            self.entered.set()
+            while not self.release.is_set():
+                await asyncio.sleep(0.01)
+        if scope["path"] == "/until-disconnect":
+            self.entered.set()
+            await receive()  # the (empty) body
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.saw_disconnect.set()
+            return
+        await respond(send)

@@ -1,0 +1,305 @@
+"""Fixtures that run real sidecars on loopback, in-process or as a CLI subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from sidecar.config import load_config
+from sidecar.runner import Sidecar
+from sidecar.state import Phase, Transition
+from sidecar.types import ASGIApp
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+WAIT = 30.0  # upper bound for anything a test waits on; a pass never waits this long
+
+
+# -- HTTP over loopback -----------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    raw_headers: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def fetch(
+    url: str,
+    method: str = "GET",
+    *,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = WAIT,
+) -> Reply:
+    """Make one HTTP request on a new connection and read the whole reply."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        conn.request(method, target or "/", body=body, headers=headers or {})
+        response = conn.getresponse()
+        data = response.read()
+        pairs = response.getheaders()
+        return Reply(response.status, {k.lower(): v for k, v in pairs}, data, pairs)
+    finally:
+        conn.close()
+
+
+# -- in-process sidecars ----------------------------------------------------------------
+
+
+class PhaseLog:
+    """Record lifecycle transitions and let a test wait for one."""
+
+    def __init__(self) -> None:
+        self.transitions: list[Transition] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, change: Transition) -> None:
+        with self._cond:
+            self.transitions.append(change)
+            self._cond.notify_all()
+
+    def phases(self) -> list[Phase]:
+        with self._cond:
+            return [t.phase for t in self.transitions]
+
+    def wait_for(self, *phases: Phase, timeout: float = WAIT) -> Transition:
+        """Wait until one of ``phases`` is reached and return that transition."""
+        with self._cond:
+            found = self._cond.wait_for(
+                lambda: any(t.phase in phases for t in self.transitions), timeout
+            )
+            if not found:
+                names = [p.value for p in phases]
+                raise AssertionError(f"none of {names} reached; saw {self.phases()}")
+            return next(t for t in self.transitions if t.phase in phases)
+
+
+async def _never() -> None:
+    await asyncio.Event().wait()
+
+
+class Running:
+    """A ``Sidecar`` serving on its own thread; stop it with ``stop()``."""
+
+    def __init__(self, sidecar: Sidecar) -> None:
+        self.sidecar = sidecar
+        self.phases = PhaseLog()
+        sidecar.lifecycle.subscribe(self.phases)
+        self.error: BaseException | None = None
+        self.finished = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self.sidecar.serve(shutdown_trigger=_never))
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.finished.set()
+
+    def sync(self) -> None:
+        """Wait until the sidecar's loop has finished the step it is running now."""
+        loop = self.sidecar._loop
+        assert loop is not None
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(WAIT)
+
+    def wait_admin(self) -> None:
+        if not self.sidecar.admin.bound.wait(WAIT) or self.sidecar.admin.address is None:
+            raise AssertionError(f"admin server did not bind: {self.error!r}")
+
+    def wait_serving(self) -> None:
+        self.wait_admin()
+        settled = self.phases.wait_for(Phase.READY, Phase.FAILED, Phase.STOPPED)
+        if settled.phase is not Phase.READY or not self.sidecar.serving.wait(WAIT):
+            raise AssertionError(f"sidecar did not become ready: {self.error!r}")
+
+    def wait_finished(self) -> BaseException | None:
+        if not self.finished.wait(WAIT):
+            raise AssertionError("sidecar did not stop")
+        return self.error
+
+    def stop(self, *, force: bool = False) -> BaseException | None:
+        self.sidecar.request_shutdown(force=force)
+        return self.wait_finished()
+
+    def app(self, path: str = "/") -> str:
+        server = self.sidecar.app_server
+        assert server is not None and server.address is not None
+        host, port = server.address
+        return f"http://{host}:{port}{path}"
+
+    def admin(self, path: str = "/") -> str:
+        assert self.sidecar.admin.address is not None
+        host, port = self.sidecar.admin.address
+        return f"http://{host}:{port}{path}"
+
+
+def make_config(**overrides: Any) -> Any:
+    base = {
+        "server.host": "127.0.0.1",
+        "server.port": 0,
+        "admin.host": "127.0.0.1",
+        "admin.port": 0,
+        "shutdown.drain_delay": 0,
+        "shutdown.graceful_timeout": 5,
+        "lifespan.startup_timeout": 10,
+        "lifespan.shutdown_timeout": 10,
+    }
+    base.update({key.replace("__", "."): value for key, value in overrides.items()})
+    return load_config(env={}, overrides=base)
+
+
+@pytest.fixture
+def run_sidecar() -> Iterator[Any]:
+    """Start in-process sidecars for an app; every one is stopped at teardown."""
+    started: list[Running] = []
+
+    def start(app: ASGIApp, *, wait: bool = True, **overrides: Any) -> Running:
+        sidecar = Sidecar(make_config(**overrides), app=app, process_collectors=False)
+        running = Running(sidecar)
+        started.append(running)
+        if wait:
+            running.wait_serving()
+        else:
+            running.wait_admin()
+        return running
+
+    yield start
+    for running in started:
+        if not running.finished.is_set():
+            running.stop(force=True)
+
+
+# -- CLI subprocesses -------------------------------------------------------------------
+
+_ADMIN_LINE = re.compile(r"admin endpoints on http://([^:]+):(\d+)")
+_APP_LINE = re.compile(r"serving the app on http://([^:]+):(\d+)")
+
+
+class CliProcess:
+    """``python -m sidecar ...`` in a subprocess, with its stderr lines in a queue."""
+
+    def __init__(self, args: list[str], *, env: dict[str, str] | None = None, cwd: Path = TESTS):
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
+        full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS)])
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=full_env,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.admin_url = ""
+        self.app_url = ""
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_line(self, pattern: str, timeout: float = WAIT) -> re.Match[str]:
+        """Read stderr until a line matches ``pattern``; fail if the process ends first."""
+        regex = re.compile(pattern)
+        for line in self.lines:
+            match = regex.search(line)
+            if match:
+                return match
+        while True:
+            try:
+                line = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r}; got:\n" + self.log()) from None
+            if line is None:
+                raise AssertionError(
+                    f"process ended before a line matched {pattern!r}; got:\n" + self.log()
+                )
+            self.lines.append(line)
+            match = regex.search(line)
+            if match:
+                return match
+
+    def wait_serving(self) -> None:
+        admin = self.wait_line(_ADMIN_LINE.pattern)
+        self.admin_url = f"http://{admin.group(1)}:{admin.group(2)}"
+        app = self.wait_line(_APP_LINE.pattern)
+        self.app_url = f"http://{app.group(1)}:{app.group(2)}"
+        self.wait_line("phase starting -> ready")
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = WAIT) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(timeout)
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line is not None:
+                self.lines.append(line)
+        return code
+
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def cli() -> Iterator[Any]:
+    """Start ``python -m sidecar`` subprocesses; each is killed at teardown if still up."""
+    procs: list[CliProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> CliProcess:
+        proc = CliProcess(list(args), env=env)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        for stream in (proc.proc.stdout, proc.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+LOOPBACK = ["--host", "127.0.0.1", "--port", "0", "--admin-host", "127.0.0.1", "--admin-port", "0"]
