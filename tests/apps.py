@@ -107,11 +107,14 @@ class CrashAfterStartup:
 
 
 class FlakyStartup:
-    """Fail lifespan startup ``failures`` times, then succeed."""
+    """Fail lifespan startup ``failures`` times, then succeed (or hang, if ``then_hang``)."""
 
-    def __init__(self, failures: int) -> None:
+    def __init__(self, failures: int, *, then_hang: bool = False) -> None:
         self.failures = failures
+        self.then_hang = then_hang
         self.attempts = 0
+        #: Set when the first attempt after the failures begins.
+        self.recovering = threading.Event()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -120,6 +123,9 @@ class FlakyStartup:
             if self.attempts <= self.failures:
                 await send({"type": "lifespan.startup.failed", "message": f"try {self.attempts}"})
                 return
+            self.recovering.set()
+            if self.then_hang:
+                await asyncio.Event().wait()
             await send({"type": "lifespan.startup.complete"})
             await receive()
             await send({"type": "lifespan.shutdown.complete"})

@@ -1,0 +1,54 @@
+"""Apps for the CLI subprocess tests (imported by ``python -m sidecar`` as ``cli_apps``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from tests.apps import respond
+
+logger = logging.getLogger("cli_apps")
+
+
+async def slow_startup(scope: Any, receive: Any, send: Any) -> None:
+    """A lifespan that takes a moment; answers ``ok``."""
+    if scope["type"] == "lifespan":
+        await receive()
+        await asyncio.sleep(0.05)
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await respond(send)
+
+
+async def hangs_in_startup(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        await receive()
+        logger.warning("startup began")
+        await asyncio.Event().wait()
+
+
+async def fails_startup(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "cache warmup failed"})
+
+
+def make_app() -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await respond(send, body=b"made by factory")
+
+    return app
+
+
+class _Container:
+    @staticmethod
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await respond(send, body=b"from container")
+
+
+container = _Container()

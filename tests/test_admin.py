@@ -1,0 +1,173 @@
+"""Probes in each phase, the preStop drain and the admin thread's independence."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from sidecar.state import Phase
+
+from . import apps
+from .conftest import fetch
+
+
+def probes(running: Any) -> dict[str, int]:
+    return {path: fetch(running.admin(path)).status for path in ("/livez", "/readyz", "/startupz")}
+
+
+def test_probes_while_starting(run_sidecar: Any) -> None:
+    running = run_sidecar(apps.lifespan_app(on_startup="hang"), wait=False)
+    assert probes(running) == {"/livez": 200, "/readyz": 503, "/startupz": 503}
+    verbose = fetch(running.admin("/startupz?verbose")).text
+    assert "[+]ping ok" in verbose
+    assert "[-]startup failed: startup in progress for" in verbose
+    assert verbose.endswith("startupz check failed\n")
+
+
+def test_probes_when_ready(run_sidecar: Any) -> None:
+    running = run_sidecar(apps.lifespan_app())
+    assert probes(running) == {"/livez": 200, "/readyz": 200, "/startupz": 200}
+    reply = fetch(running.admin("/readyz"))
+    assert reply.text == "ok"
+    assert reply.headers["cache-control"] == "no-store"
+    assert fetch(running.admin("/readyz?verbose")).text == (
+        "[+]ping ok\n[+]startup ok\n[+]draining ok\nreadyz check passed\n"
+    )
+
+
+def test_probes_answer_head_without_a_body(run_sidecar: Any) -> None:
+    running = run_sidecar(apps.lifespan_app())
+    reply = fetch(running.admin("/readyz"), "HEAD")
+    assert reply.status == 200
+    assert reply.body == b""
+
+
+def test_probe_json(run_sidecar: Any) -> None:
+    running = run_sidecar(apps.lifespan_app(on_startup="hang"), wait=False)
+    reply = fetch(running.admin("/readyz"), headers={"Accept": "application/json"})
+    assert reply.status == 503
+    assert reply.headers["content-type"].startswith("application/json")
+    document = reply.json()
+    assert document["status"] == "failed"
+    names = {check["name"]: check["ok"] for check in document["checks"]}
+    assert names == {"ping": True, "startup": False, "draining": True}
+
+
+def test_probes_between_startup_attempts_show_the_last_failure(run_sidecar: Any) -> None:
+    app = apps.FlakyStartup(failures=1, then_hang=True)
+    running = run_sidecar(app, wait=False, lifespan__startup_attempts=2, lifespan__retry_backoff=0.01)
+    assert app.recovering.wait(30)  # the first failure has been recorded by now
+    reply = fetch(running.admin("/startupz?verbose"))
+    assert reply.status == 503
+    assert "last attempt failed: the app reported lifespan.startup.failed: try 1" in reply.text
+    assert fetch(running.admin("/livez")).status == 200
+
+
+def test_prestop_marks_not_ready_at_once_and_keeps_serving(run_sidecar: Any) -> None:
+    running = run_sidecar(apps.lifespan_app(), shutdown__drain_delay=1.0)
+    result: dict[str, Any] = {}
+
+    def call_prestop() -> None:
+        began = time.monotonic()
+        result["reply"] = fetch(running.admin("/prestop"))
+        result["elapsed"] = time.monotonic() - began
+
+    caller = threading.Thread(target=call_prestop)
+    caller.start()
+    running.phases.wait_for(Phase.DRAINING)
+    during = probes(running)
+    served = fetch(running.app("/")).status
+    caller.join(30)
+    assert during == {"/livez": 200, "/readyz": 503, "/startupz": 200}
+    assert served == 200  # the app keeps serving during the drain
+    assert result["reply"].status == 200
+    assert result["elapsed"] >= 1.0
+    verbose = fetch(running.admin("/readyz?verbose")).text
+    assert "[-]draining failed: draining for" in verbose
+    # SIGTERM after preStop does not wait the drain delay again
+    assert running.stop() is None
+    draining = next(t for t in running.phases.transitions if t.previous is Phase.DRAINING)
+    assert draining.duration < 2.0
+
+
+def test_concurrent_prestop_calls_share_one_drain(run_sidecar: Any) -> None:
+    running = run_sidecar(apps.lifespan_app(), shutdown__drain_delay=1.5)
+    ends: dict[str, float] = {}
+    starts: dict[str, float] = {}
+
+    def call(name: str) -> None:
+        starts[name] = time.monotonic()
+        assert fetch(running.admin("/prestop")).status == 200
+        ends[name] = time.monotonic()
+
+    first = threading.Thread(target=call, args=("first",))
+    first.start()
+    running.phases.wait_for(Phase.DRAINING)
+    # Start the second call well into the drain: it must end with the first one.
+    threading.Event().wait(0.7)
+    second = threading.Thread(target=call, args=("second",))
+    second.start()
+    first.join(30)
+    second.join(30)
+    assert ends["first"] - starts["first"] >= 1.5
+    assert ends["second"] - starts["second"] < 1.5
+    assert abs(ends["second"] - ends["first"]) < 0.5
+    assert len([p for p in running.phases.phases() if p is Phase.DRAINING]) == 1
+
+
+def test_prestop_accepts_post(run_sidecar: Any) -> None:
+    running = run_sidecar(apps.lifespan_app())
+    assert fetch(running.admin("/prestop"), "POST").status == 200
+    assert fetch(running.admin("/readyz")).status == 503
+
+
+def test_unknown_admin_path_is_404(run_sidecar: Any) -> None:
+    running = run_sidecar(apps.lifespan_app())
+    assert fetch(running.admin("/nope")).status == 404
+
+
+def test_admin_answers_while_the_app_loop_is_blocked(run_sidecar: Any) -> None:
+    release = threading.Event()
+    entered = threading.Event()
+
+    async def blocking(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise ValueError("no lifespan")
+        entered.set()
+        release.wait(30)  # a blocking call in an async handler: the loop is stuck
+        await apps.respond(send)
+
+    running = run_sidecar(blocking)
+    stuck = threading.Thread(target=fetch, args=(running.app("/"),))
+    stuck.start()
+    assert entered.wait(30)
+    try:
+        assert fetch(running.admin("/livez"), timeout=2).status == 200
+        assert fetch(running.admin("/metrics"), timeout=2).status == 200
+    finally:
+        release.set()
+        stuck.join(30)
+
+
+def test_stopping_phase_fails_readiness_while_requests_finish(run_sidecar: Any) -> None:
+    app = apps.SlowRequests()
+    running = run_sidecar(app)
+    slow = threading.Thread(target=fetch, args=(running.app("/slow"),))
+    slow.start()
+    assert app.entered.wait(30)
+    running.sidecar.request_shutdown()
+    running.phases.wait_for(Phase.STOPPING)
+    assert probes(running) == {"/livez": 200, "/readyz": 503, "/startupz": 200}
+    assert "shutting down (phase stopping)" in fetch(running.admin("/readyz?verbose")).text
+    app.release.set()
+    slow.join(30)
+    assert running.wait_finished() is None
+
+
+@pytest.mark.parametrize("path", ["/livez", "/readyz", "/startupz", "/metrics"])
+def test_admin_endpoints_reject_post(run_sidecar: Any, path: str) -> None:
+    running = run_sidecar(apps.lifespan_app())
+    assert fetch(running.admin(path), "POST").status == 405

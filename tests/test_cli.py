@@ -1,0 +1,259 @@
+"""The real CLI in subprocesses: signals, exit codes, logs; option mapping with CliRunner."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from sidecar import __version__
+from sidecar.cli import main
+
+from .conftest import LOOPBACK, ROOT, fetch
+
+
+def test_sigterm_drains_then_stops_cleanly(cli: Any) -> None:
+    proc = cli("run", "cli_apps:slow_startup", *LOOPBACK, "--drain-delay", "1")
+    proc.wait_serving()
+    assert fetch(proc.app_url + "/").status == 200
+    proc.signal(signal.SIGTERM)
+    proc.wait_line("phase ready -> draining")
+    # during the drain: not ready, still serving
+    assert fetch(proc.admin_url + "/readyz").status == 503
+    assert fetch(proc.app_url + "/").status == 200
+    assert proc.wait() == 0
+    log = proc.log()
+    assert "phase draining -> stopping after 1." in log
+    assert "lifespan shutdown complete" in log
+    assert "phase stopping -> stopped" in log
+
+
+def test_sigint_during_startup_cancels_it_promptly(cli: Any) -> None:
+    proc = cli("run", "cli_apps:hangs_in_startup", *LOOPBACK)
+    proc.wait_line("admin endpoints on")
+    proc.wait_line("startup began")
+    began = time.monotonic()
+    proc.signal(signal.SIGINT)
+    assert proc.wait() == 0
+    assert time.monotonic() - began < 2.0
+    assert "startup cancelled" in proc.log()
+
+
+def test_sigterm_during_startup_cancels_it(cli: Any) -> None:
+    proc = cli("run", "cli_apps:hangs_in_startup", *LOOPBACK)
+    proc.wait_line("startup began")
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0
+
+
+def test_second_signal_skips_the_drain_but_lifespan_shutdown_runs(cli: Any) -> None:
+    proc = cli("run", "cli_apps:slow_startup", *LOOPBACK, "--drain-delay", "60")
+    proc.wait_serving()
+    proc.signal(signal.SIGTERM)
+    proc.wait_line("draining: serving for")
+    began = time.monotonic()
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0
+    assert time.monotonic() - began < 10
+    assert "skipping what is left of the drain" in proc.log()
+    assert "lifespan shutdown complete" in proc.log()
+
+
+def test_startup_failure_exits_3(cli: Any) -> None:
+    proc = cli("run", "cli_apps:fails_startup", *LOOPBACK)
+    assert proc.wait() == 3
+    log = proc.log()
+    assert "the app failed to start (failed)" in log
+    assert "cache warmup failed" in log
+
+
+def test_module_not_found_exits_3_and_says_so(cli: Any) -> None:
+    proc = cli("run", "no_such_module_here:app", *LOOPBACK)
+    assert proc.wait() == 3
+    assert "module 'no_such_module_here' not found" in proc.log()
+
+
+def test_module_that_raises_on_import_exits_3_and_says_so(cli: Any) -> None:
+    proc = cli("run", "broken_import:app", *LOOPBACK)
+    assert proc.wait() == 3
+    log = proc.log()
+    assert "importing module 'broken_import' raised ModuleNotFoundError" in log
+    assert "not found (looked in" not in log
+
+
+def test_missing_attribute_exits_3(cli: Any) -> None:
+    proc = cli("run", "cli_apps:nope", *LOOPBACK)
+    assert proc.wait() == 3
+    assert "'cli_apps' has no attribute 'nope'" in proc.log()
+
+
+def test_factory(cli: Any) -> None:
+    proc = cli("run", "cli_apps:make_app", "--factory", *LOOPBACK)
+    proc.wait_serving()
+    assert fetch(proc.app_url + "/").text == "made by factory"
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0
+
+
+def test_dotted_attribute(cli: Any) -> None:
+    proc = cli("run", "cli_apps:container.app", *LOOPBACK)
+    proc.wait_serving()
+    assert fetch(proc.app_url + "/").text == "from container"
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0
+
+
+def test_port_in_use_exits_1_with_a_clear_message(cli: Any) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        proc = cli("run", "cli_apps:slow_startup", *LOOPBACK[:6], "--admin-port", port)
+        assert proc.wait() == 1
+    log = proc.log()
+    assert f"cannot bind the admin port 127.0.0.1:{port}" in log
+    assert "Traceback" not in log
+
+
+def test_config_error_exits_2_with_every_problem(cli: Any, tmp_path: Path) -> None:
+    config = tmp_path / "sidecar.yaml"
+    config.write_text("lifespan:\n  startup_timout: 5\nshutdown:\n  drain_delay: -1\n")
+    proc = cli("run", "cli_apps:slow_startup", "--config", str(config))
+    assert proc.wait() == 2
+    log = proc.log()
+    assert "unknown key lifespan.startup_timout (did you mean 'startup_timeout'?)" in log
+    assert "invalid value -1 for shutdown.drain_delay" in log
+
+
+def test_json_logs_are_one_object_per_line(cli: Any) -> None:
+    proc = cli("run", "cli_apps:slow_startup", *LOOPBACK, "--log-format", "json")
+    proc.wait_line('"message": "serving the app on')
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0
+    records = [json.loads(line) for line in proc.lines if line.strip()]
+    transitions = [r for r in records if r.get("event") == "transition"]
+    assert [r["phase"] for r in transitions] == ["ready", "draining", "stopping", "stopped"]
+    assert all(isinstance(r["duration_s"], float) for r in transitions)
+
+
+def test_access_log(cli: Any) -> None:
+    proc = cli("run", "cli_apps:slow_startup", *LOOPBACK, "--access-log")
+    proc.wait_serving()
+    fetch(proc.app_url + "/hello?x=1")
+    proc.wait_line(r'"GET /hello\?x=1 HTTP/1.1" 200')
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0
+
+
+def test_version() -> None:
+    for command in (["sidecar"], [sys.executable, "-m", "sidecar"]):
+        out = subprocess.run(
+            [*command, "--version"], capture_output=True, text=True, check=True, cwd=ROOT
+        ).stdout
+        assert __version__ in out
+
+
+# -- option mapping and check-config, in-process ----------------------------------------
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
+    return CliRunner().invoke(main, list(args), env=env or {}, catch_exceptions=False)
+
+
+def test_check_config_prints_the_effective_config() -> None:
+    result = invoke("check-config")
+    assert result.exit_code == 0
+    document = yaml.safe_load(result.output)
+    assert document["server"]["port"] == 8000
+    assert document["admin"]["port"] == 8081
+    assert document["lifespan"]["startup_timeout"] == 60.0
+    assert document["shutdown"] == {"drain_delay": 5.0, "graceful_timeout": 20.0}
+
+
+def test_precedence_is_flags_over_env_over_file(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("server:\n  port: 9001\n  host: 10.0.0.1\nadmin:\n  port: 9002\n")
+    env = {"SIDECAR_SERVER_PORT": "9003", "SIDECAR_LIFESPAN_STARTUP_TIMEOUT": "7.5"}
+    result = invoke("check-config", "--config", str(config), "--port", "9004", env=env)
+    assert result.exit_code == 0, result.output
+    document = yaml.safe_load(result.output)
+    assert document["server"]["port"] == 9004  # flag
+    assert document["server"]["host"] == "10.0.0.1"  # file
+    assert document["admin"]["port"] == 9002  # file
+    assert document["lifespan"]["startup_timeout"] == 7.5  # env
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "key"),
+    [
+        ("--host", "127.0.0.2", ("server", "host")),
+        ("--port", "1234", ("server", "port")),
+        ("--root-path", "/api", ("server", "root_path")),
+        ("--admin-host", "127.0.0.3", ("admin", "host")),
+        ("--admin-port", "4321", ("admin", "port")),
+        ("--lifespan", "on", ("lifespan", "mode")),
+        ("--startup-timeout", "1.5", ("lifespan", "startup_timeout")),
+        ("--shutdown-timeout", "2.5", ("lifespan", "shutdown_timeout")),
+        ("--drain-delay", "0.25", ("shutdown", "drain_delay")),
+        ("--graceful-timeout", "3", ("shutdown", "graceful_timeout")),
+        ("--log-level", "debug", ("logging", "level")),
+        ("--log-format", "json", ("logging", "format")),
+    ],
+)
+def test_each_flag_sets_its_key(flag: str, value: str, key: tuple[str, str]) -> None:
+    result = invoke("check-config", flag, value)
+    assert result.exit_code == 0, result.output
+    got = yaml.safe_load(result.output)[key[0]][key[1]]
+    assert str(got) == value or float(got) == float(value)
+
+
+def test_app_and_factory_flags() -> None:
+    result = invoke("check-config", "pkg.mod:container.app", "--factory", "--access-log")
+    document = yaml.safe_load(result.output)
+    assert document["app"] == {"target": "pkg.mod:container.app", "factory": True, "app_dir": "."}
+    assert document["logging"]["access_log"] is True
+
+
+def test_check_config_reports_every_problem_and_exits_2() -> None:
+    result = CliRunner().invoke(
+        main,
+        ["check-config", "--port", "80800", "--drain-delay", "soon", "--lifespan", "maybe"],
+        env={"SIDECAR_SHUTDOWN_GRACEFUL_TIMEOUT": "-3"},
+    )
+    assert result.exit_code == 2
+    assert "4 problem(s)" in result.output
+    assert "invalid value '80800' for server.port; expected an integer from 0 to 65535" in (
+        result.output
+    )
+    assert "invalid value 'soon' for shutdown.drain_delay" in result.output
+    assert "invalid value 'maybe' for lifespan.mode; expected one of 'auto', 'on', 'off'" in (
+        result.output
+    )
+    assert "environment SIDECAR_SHUTDOWN_GRACEFUL_TIMEOUT: invalid value '-3'" in result.output
+
+
+def test_run_without_an_app_is_a_usage_error() -> None:
+    result = CliRunner().invoke(main, ["run"], env={})
+    assert result.exit_code == 2
+    assert "no app given" in result.output
+
+
+def test_readme_first_command_runs_the_demo(cli: Any) -> None:
+    """The README's demo app answers and drains like any other app."""
+    proc = cli("run", "sidecar.examples.demo:app", *LOOPBACK, "--drain-delay", "0")
+    proc.wait_serving()
+    assert fetch(proc.app_url + "/").json()["greeting"] == "hello from the demo app"
+    assert fetch(proc.app_url + "/echo", "POST", body=b"ping").body == b"ping"
+    assert fetch(proc.app_url + "/slow?seconds=0.01").status == 200
+    assert fetch(proc.app_url + "/stream").text.count("chunk") == 10
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0

@@ -1,0 +1,68 @@
+"""The lifecycle object on its own: transitions, drain clock and checks per phase."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.admin import render_checks
+from sidecar.state import Lifecycle, Phase, Transition
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_transitions_report_the_time_spent_in_the_previous_phase() -> None:
+    clock = FakeClock()
+    lifecycle = Lifecycle(drain_delay=5, clock=clock)
+    seen: list[Transition] = []
+    lifecycle.subscribe(seen.append)
+    clock.now += 2.5
+    lifecycle.mark_started()
+    assert seen == [Transition(Phase.STARTING, Phase.READY, 2.5, "startup complete")]
+
+
+def test_invalid_transition_raises() -> None:
+    lifecycle = Lifecycle(drain_delay=0)
+    lifecycle.transition(Phase.STOPPING)
+    lifecycle.transition(Phase.STOPPED)
+    with pytest.raises(RuntimeError, match="stopped -> ready"):
+        lifecycle.transition(Phase.READY)
+
+
+def test_drain_end_is_shared_by_every_caller() -> None:
+    clock = FakeClock()
+    lifecycle = Lifecycle(drain_delay=5, clock=clock)
+    lifecycle.mark_started()
+    first = lifecycle.begin_drain()
+    clock.now += 3
+    assert lifecycle.begin_drain() == first == 105.0
+    assert lifecycle.phase is Phase.DRAINING
+
+
+def test_drain_before_startup_ends_at_once_and_startup_then_does_not_report_ready() -> None:
+    clock = FakeClock()
+    lifecycle = Lifecycle(drain_delay=5, clock=clock)
+    assert lifecycle.begin_drain() == clock.now
+    lifecycle.mark_started()
+    assert lifecycle.phase is Phase.DRAINING
+    assert not all(c.ok for c in lifecycle.readiness_checks())
+
+
+def test_failed_phase_fails_liveness_and_startup() -> None:
+    lifecycle = Lifecycle(drain_delay=0)
+    lifecycle.mark_startup_failed("the app raised: boom")
+    lifecycle.transition(Phase.FAILED)
+    status, body, _ = render_checks(
+        "livez", lifecycle.liveness_checks(), verbose=True, as_json=False
+    )
+    assert status == 503
+    assert "[-]lifespan failed: startup failed: the app raised: boom" in body
+    status, body, _ = render_checks(
+        "startupz", lifecycle.startup_checks(), verbose=False, as_json=False
+    )
+    assert (status, body) == (503, "startupz check failed: startup")
