@@ -97,7 +97,7 @@ def test_missing_attribute_exits_3(cli: Any) -> None:
 
 
 def test_factory(cli: Any) -> None:
-    proc = cli("run", "cli_apps:make_app", "--factory", *LOOPBACK)
+    proc = cli("run", "cli_apps:make_app", "--factory", *LOOPBACK, "--drain-delay", "0")
     proc.wait_serving()
     assert fetch(proc.app_url + "/").text == "made by factory"
     proc.signal(signal.SIGTERM)
@@ -105,7 +105,7 @@ def test_factory(cli: Any) -> None:
 
 
 def test_dotted_attribute(cli: Any) -> None:
-    proc = cli("run", "cli_apps:container.app", *LOOPBACK)
+    proc = cli("run", "cli_apps:container.app", *LOOPBACK, "--drain-delay", "0")
     proc.wait_serving()
     assert fetch(proc.app_url + "/").text == "from container"
     proc.signal(signal.SIGTERM)
@@ -135,7 +135,9 @@ def test_config_error_exits_2_with_every_problem(cli: Any, tmp_path: Path) -> No
 
 
 def test_json_logs_are_one_object_per_line(cli: Any) -> None:
-    proc = cli("run", "cli_apps:slow_startup", *LOOPBACK, "--log-format", "json")
+    proc = cli(
+        "run", "cli_apps:slow_startup", *LOOPBACK, "--log-format", "json", "--drain-delay", "0"
+    )
     proc.wait_line('"message": "serving the app on')
     proc.signal(signal.SIGTERM)
     assert proc.wait() == 0
@@ -146,7 +148,7 @@ def test_json_logs_are_one_object_per_line(cli: Any) -> None:
 
 
 def test_access_log(cli: Any) -> None:
-    proc = cli("run", "cli_apps:slow_startup", *LOOPBACK, "--access-log")
+    proc = cli("run", "cli_apps:slow_startup", *LOOPBACK, "--access-log", "--drain-delay", "0")
     proc.wait_serving()
     fetch(proc.app_url + "/hello?x=1")
     proc.wait_line(r'"GET /hello\?x=1 HTTP/1.1" 200')

@@ -1,0 +1,123 @@
+"""Metrics over a real scrape: names, values, formats, and promtool's verdict."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from typing import Any
+
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
+
+from . import apps
+from .conftest import ROOT, fetch
+from .metrics_util import scrape_samples
+
+PHASES = ("starting", "ready", "draining", "stopping", "stopped", "failed")
+
+
+def scrape(running: Any, accept: str | None = None) -> tuple[str, str]:
+    reply = fetch(running.admin("/metrics"), headers={"Accept": accept} if accept else None)
+    assert reply.status == 200
+    return reply.text, reply.headers["content-type"]
+
+
+def value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def test_metrics_values_after_traffic(run_sidecar: Any) -> None:
+    running = run_sidecar(apps.faulty)
+    for _ in range(3):
+        assert fetch(running.app("/ok")).status == 200
+    assert fetch(running.app("/raise-before")).status == 500
+    assert fetch(running.app("/ok"), "POST", body=b"x").status == 200
+    assert fetch(running.app("/ok"), "PROPFIND").status == 200
+    text, content_type = scrape(running)
+    assert content_type.startswith("text/plain; version=0.0.4")
+    samples = scrape_samples(text)
+    assert value(samples, "sidecar_http_requests_total", method="GET", code="200") == 3
+    assert value(samples, "sidecar_http_requests_total", method="GET", code="500") == 1
+    assert value(samples, "sidecar_http_requests_total", method="POST", code="200") == 1
+    # client-chosen methods do not create new series
+    assert value(samples, "sidecar_http_requests_total", method="other", code="200") == 1
+    assert value(samples, "sidecar_http_request_duration_seconds_count", method="GET") == 4
+    assert value(samples, "sidecar_http_requests_in_flight") == 0
+    for phase in PHASES:
+        expected = 1 if phase == "ready" else 0
+        assert value(samples, "sidecar_lifecycle_phase", phase=phase) == expected
+    assert value(samples, "sidecar_ready") == 1
+    assert value(samples, "sidecar_lifespan_startup_duration_seconds") > 0
+    for reason in ("failed", "exception", "timeout", "import"):
+        assert value(samples, "sidecar_lifespan_startup_failures_total", reason=reason) == 0
+    for reason in ("failed", "exception", "timeout"):
+        assert value(samples, "sidecar_lifespan_shutdown_failures_total", reason=reason) == 0
+    build = [k for k in samples if k[0] == "sidecar_build_info"]
+    assert len(build) == 1
+    assert dict(build[0][1])["version"] == __import__("sidecar").__version__
+
+
+def test_in_flight_counts_a_running_request(run_sidecar: Any) -> None:
+    app = apps.SlowRequests()
+    running = run_sidecar(app)
+    import threading
+
+    slow = threading.Thread(target=fetch, args=(running.app("/slow"),))
+    slow.start()
+    assert app.entered.wait(30)
+    samples = scrape_samples(scrape(running)[0])
+    app.release.set()
+    slow.join(30)
+    assert value(samples, "sidecar_http_requests_in_flight") == 1
+
+
+def test_phase_and_ready_follow_the_drain(run_sidecar: Any) -> None:
+    running = run_sidecar(apps.lifespan_app())
+    assert fetch(running.admin("/prestop")).status == 200
+    samples = scrape_samples(scrape(running)[0])
+    assert value(samples, "sidecar_lifecycle_phase", phase="draining") == 1
+    assert value(samples, "sidecar_lifecycle_phase", phase="ready") == 0
+    assert value(samples, "sidecar_ready") == 0
+
+
+def test_request_metrics_can_be_turned_off(run_sidecar: Any) -> None:
+    running = run_sidecar(apps.http_only, metrics__requests="false")
+    fetch(running.app("/"))
+    text, _ = scrape(running)
+    assert "sidecar_http_requests_total{" not in text
+    assert "sidecar_ready 1.0" in text
+
+
+def test_openmetrics_when_asked(run_sidecar: Any) -> None:
+    running = run_sidecar(apps.lifespan_app())
+    fetch(running.app("/"))
+    text, content_type = scrape(running, "application/openmetrics-text; version=1.0.0")
+    assert content_type.startswith("application/openmetrics-text")
+    assert text.endswith("# EOF\n")
+    names = {family.name for family in parse_om(text)}
+    assert {"sidecar_http_requests", "sidecar_lifecycle_phase", "sidecar_build"} <= names
+
+
+def test_process_collectors_are_exported(cli: Any) -> None:
+    from .conftest import LOOPBACK
+
+    proc = cli("run", "cli_apps:slow_startup", *LOOPBACK, "--drain-delay", "0")
+    proc.wait_serving()
+    text = fetch(proc.admin_url + "/metrics").text
+    proc.signal()
+    assert proc.wait() == 0
+    for name in ("process_resident_memory_bytes", "python_info", "python_gc_objects_collected_total"):
+        assert name in text
+
+
+def test_promtool_accepts_the_exposition(run_sidecar: Any) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is required (Debian package 'prometheus'; .ci/run installs it)"
+    running = run_sidecar(apps.faulty)
+    fetch(running.app("/ok"))
+    fetch(running.app("/raise-before"))
+    text, _ = scrape(running)
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
