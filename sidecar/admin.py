@@ -9,6 +9,7 @@ default; every answer here comes from in-memory state and never awaits the app.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -128,10 +129,8 @@ class AdminServer:
         """Stop serving and join the thread (safe to call more than once)."""
         loop, stopped = self._loop, self._stopped
         if loop is not None and stopped is not None and not loop.is_closed():
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop closed in between
                 loop.call_soon_threadsafe(stopped.set)
-            except RuntimeError:
-                pass  # the loop closed in between
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -182,4 +181,3 @@ def admin_url(address: tuple[str, int] | None, path: str = "") -> str:
     elif ":" in host:
         host = "[::1]" if host == "::" else f"[{host}]"
     return f"http://{host}:{port}{path}"
-

@@ -223,7 +223,9 @@ class AppServer:
         bound = sock.getsockname()
         self.address = (bound[0], bound[1])
 
-    def _make_request(self, message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> _Request:
+    def _make_request(
+        self, message: Any, payload: Any, protocol: Any, writer: Any, task: Any
+    ) -> _Request:
         return _Request(message, payload, protocol, writer, task, asyncio.get_running_loop())
 
     def _scope(self, request: _Request) -> dict[str, Any]:
@@ -241,7 +243,7 @@ class AppServer:
         return {
             "type": "http",
             "asgi": _ASGI,
-            "http_version": _HTTP_VERSIONS.get(tuple(message.version), "1.1"),
+            "http_version": _HTTP_VERSIONS.get((message.version[0], message.version[1]), "1.1"),
             "method": message.method,
             "scheme": "http",
             "path": root + path,
@@ -266,6 +268,7 @@ class AppServer:
         if metrics is not None:
             metrics.in_flight.inc()
         scope = self._scope(request)
+        response: web.StreamResponse | None
         try:
             await self._app(scope, exchange.receive, exchange.send)
         except Exception:
@@ -298,7 +301,9 @@ class AppServer:
             request.exchange = None
             exchange.task = None
             elapsed = time.perf_counter() - started_at
-            status = exchange.status if exchange.started else (499 if exchange.disconnected else 500)
+            status = (
+                exchange.status if exchange.started else (499 if exchange.disconnected else 500)
+            )
             if metrics is not None:
                 metrics.in_flight.dec()
                 metrics.observe_request(request.method, status, elapsed)
@@ -331,7 +336,9 @@ class AppServer:
         exchange.complete = True
         return web.Response(status=500, text="Internal Server Error")
 
-    async def stop(self, graceful_timeout: float, *, cut_short: asyncio.Event | None = None) -> None:
+    async def stop(
+        self, graceful_timeout: float, *, cut_short: asyncio.Event | None = None
+    ) -> None:
         """Stop accepting, let in-flight requests finish, then cut what is left.
 
         Order: (1) close the listening socket so no new connection is accepted;

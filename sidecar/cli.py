@@ -17,8 +17,8 @@ from typing import Any, NoReturn
 import click
 
 from ._version import __version__
-from .config import Config, ConfigError, dump_config, load_config, require_target
-from .errors import AppLoadError, BindError, LifespanError
+from .config import Config, dump_config, load_config, require_target
+from .errors import AppLoadError, BindError, ConfigError, LifespanError
 
 EXIT_OK = 0
 EXIT_ERROR = 1

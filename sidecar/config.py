@@ -69,9 +69,7 @@ class LifespanConfig:
         "`on`: lifespan must succeed; `off`: never run it.",
     )
     startup_timeout: float = _opt(60.0, "Seconds to wait for `lifespan.startup.complete`.", min=0)
-    shutdown_timeout: float = _opt(
-        30.0, "Seconds to wait for `lifespan.shutdown.complete`.", min=0
-    )
+    shutdown_timeout: float = _opt(30.0, "Seconds to wait for `lifespan.shutdown.complete`.", min=0)
     startup_attempts: int = _opt(1, "Lifespan startup attempts before exiting with code 3.", min=1)
     retry_backoff: float = _opt(
         1.0, "Seconds before the second attempt; doubles after each failure.", min=0
@@ -169,7 +167,9 @@ def key_specs() -> list[KeySpec]:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             bounds = {k: v for k, v in f.metadata.items() if k != "doc"}
-            specs.append(KeySpec(section, f.name, hints[f.name], f.default, f.metadata["doc"], bounds))
+            specs.append(
+                KeySpec(section, f.name, hints[f.name], f.default, f.metadata["doc"], bounds)
+            )
     return specs
 
 
@@ -220,9 +220,14 @@ def _coerce(spec: KeySpec, value: Any, *, from_text: bool) -> Any:
         if kind is int and not isinstance(value, int):
             raise _Invalid
         if kind is float:
-            if not isinstance(value, int | float) or value != value or value in (
-                float("inf"),
-                float("-inf"),
+            if (
+                not isinstance(value, int | float)
+                or value != value
+                or value
+                in (
+                    float("inf"),
+                    float("-inf"),
+                )
             ):
                 raise _Invalid
             value = float(value)
@@ -250,7 +255,7 @@ class _Layer:
             self.values[spec.path] = _coerce(spec, value, from_text=from_text)
         except _Invalid:
             self.problems.append(
-                f"{where}: invalid value {repr(value)} for {spec.path}; expected {spec.expected}"
+                f"{where}: invalid value {value!r} for {spec.path}; expected {spec.expected}"
             )
 
 
@@ -286,7 +291,7 @@ def _file_layer(path: Path, problems: list[str]) -> _Layer:
         if not isinstance(body, dict):
             problems.append(
                 f"{path}: section {section!r} must be a mapping of keys, "
-                f"got {type(body).__name__} {repr(body)}"
+                f"got {type(body).__name__} {body!r}"
             )
             continue
         names = [s.name for s in _SPECS.values() if s.section == section]
@@ -423,4 +428,3 @@ def require_target(config: Config) -> None:
 def dump_config(config: Config) -> str:
     """Render the effective configuration as YAML."""
     return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
-

@@ -75,13 +75,12 @@ class LifespanDriver:
         return message
 
     async def _send(self, message: Message) -> None:
-        kind = message.get("type") if isinstance(message, dict) else None
+        kind = message.get("type")
+        expected: tuple[str, ...] = ()
         if self._stage is _Stage.STARTING:
             expected = ("lifespan.startup.complete", "lifespan.startup.failed")
         elif self._stage is _Stage.STOPPING:
             expected = ("lifespan.shutdown.complete", "lifespan.shutdown.failed")
-        else:
-            expected = ()
         if kind not in expected or self._answer is None or self._answer.done():
             raise UnexpectedMessageError(message, expected or ("no message at this point",))
         self._answer.set_result(message)

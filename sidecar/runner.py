@@ -90,7 +90,7 @@ class Sidecar:
             cut.set()
         stop.set()
 
-    def _on_signal(self, signum: int) -> None:
+    def _on_signal(self, signum: signal.Signals) -> None:
         logger.info("received %s", signal.Signals(signum).name)
         self._on_shutdown_request(False)
 
@@ -126,7 +126,7 @@ class Sidecar:
         """
         loop = asyncio.get_running_loop()
         self._loop = loop
-        installed: list[int] = []
+        installed: list[signal.Signals] = []
         trigger_task: asyncio.Task[None] | None = None
         if shutdown_trigger is None:
             for signum in (signal.SIGTERM, signal.SIGINT):
@@ -184,7 +184,9 @@ class Sidecar:
             return self._app
         app_config = self.config.app
         try:
-            app = load_app(app_config.target, factory=app_config.factory, app_dir=app_config.app_dir)
+            app = load_app(
+                app_config.target, factory=app_config.factory, app_dir=app_config.app_dir
+            )
         except AppLoadError as exc:
             self.metrics.startup_failures.labels("import").inc()
             self.lifecycle.mark_startup_failed(str(exc))
@@ -315,11 +317,13 @@ def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     except ImportError:
         if kind == "uvloop":
             raise ConfigError(
-                ["server.loop is 'uvloop' but uvloop is not installed; "
-                 "pip install 'lifespan-sidecar[uvloop]' or set server.loop to 'auto'"]
+                [
+                    "server.loop is 'uvloop' but uvloop is not installed; "
+                    "pip install 'lifespan-sidecar[uvloop]' or set server.loop to 'auto'"
+                ]
             ) from None
         return None
-    return uvloop.new_event_loop  # type: ignore[no-any-return]
+    return uvloop.new_event_loop
 
 
 def run(config: Config) -> None:

@@ -11,10 +11,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     STARTING = "starting"
     READY = "ready"
     DRAINING = "draining"
@@ -58,9 +58,7 @@ _ALLOWED: dict[Phase, frozenset[Phase]] = {
 class Lifecycle:
     """The process's phase, startup outcome, drain clock and lifespan health."""
 
-    def __init__(
-        self, *, drain_delay: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, *, drain_delay: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
         self._clock = clock
         self._drain_delay = drain_delay

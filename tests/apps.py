@@ -15,7 +15,7 @@ from sidecar.types import Message, Receive, Scope, Send
 
 
 async def respond(send: Send, status: int = 200, body: bytes = b"ok", **extra: Any) -> None:
-    headers = [(b"content-type", b"text/plain")] + list(extra.get("headers", []))
+    headers = [(b"content-type", b"text/plain"), *extra.get("headers", [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -92,7 +92,8 @@ class CrashAfterStartup:
         self._go: asyncio.Event | None = None
 
     def trigger(self) -> None:
-        assert self._loop is not None and self._go is not None
+        assert self._loop is not None
+        assert self._go is not None
         self._loop.call_soon_threadsafe(self._go.set)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -226,26 +227,33 @@ async def faulty(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 class SlowRequests:
-    """Answer ``/slow`` after ``release`` is set; everything else at once."""
+    """Answer ``/slow`` once ``release()`` is called; everything else at once."""
 
     def __init__(self) -> None:
-        self.release = threading.Event()
         self.entered = threading.Event()
         self.saw_disconnect = threading.Event()
         self.shutdown_ran = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._released: asyncio.Event | None = None
+
+    def release(self) -> None:
+        assert self._loop is not None
+        assert self._released is not None
+        self._loop.call_soon_threadsafe(self._released.set)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await receive()
+            self._loop, self._released = asyncio.get_running_loop(), asyncio.Event()
             await send({"type": "lifespan.startup.complete"})
             await receive()
             self.shutdown_ran.set()
             await send({"type": "lifespan.shutdown.complete"})
             return
         if scope["path"] == "/slow":
+            assert self._released is not None
             self.entered.set()
-            while not self.release.is_set():
-                await asyncio.sleep(0.01)
+            await self._released.wait()
         if scope["path"] == "/until-disconnect":
             self.entered.set()
             await receive()  # the (empty) body

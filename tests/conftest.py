@@ -152,7 +152,8 @@ class Running:
 
     def app(self, path: str = "/") -> str:
         server = self.sidecar.app_server
-        assert server is not None and server.address is not None
+        assert server is not None
+        assert server.address is not None
         host, port = server.address
         return f"http://{host}:{port}{path}"
 

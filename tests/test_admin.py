@@ -58,7 +58,9 @@ def test_probe_json(run_sidecar: Any) -> None:
 
 def test_probes_between_startup_attempts_show_the_last_failure(run_sidecar: Any) -> None:
     app = apps.FlakyStartup(failures=1, then_hang=True)
-    running = run_sidecar(app, wait=False, lifespan__startup_attempts=2, lifespan__retry_backoff=0.01)
+    running = run_sidecar(
+        app, wait=False, lifespan__startup_attempts=2, lifespan__retry_backoff=0.01
+    )
     assert app.recovering.wait(30)  # the first failure has been recorded by now
     reply = fetch(running.admin("/startupz?verbose"))
     assert reply.status == 503
@@ -162,7 +164,7 @@ def test_stopping_phase_fails_readiness_while_requests_finish(run_sidecar: Any) 
     running.phases.wait_for(Phase.STOPPING)
     assert probes(running) == {"/livez": 200, "/readyz": 503, "/startupz": 200}
     assert "shutting down (phase stopping)" in fetch(running.admin("/readyz?verbose")).text
-    app.release.set()
+    app.release()
     slow.join(30)
     assert running.wait_finished() is None
 

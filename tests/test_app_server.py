@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -26,7 +27,8 @@ def connect(url: str) -> http.client.HTTPConnection:
 def raw_request(url: str, data: bytes) -> bytes:
     """Send raw bytes and read until the server closes the connection."""
     parts = urlsplit(url)
-    assert parts.hostname is not None and parts.port is not None
+    assert parts.hostname is not None
+    assert parts.port is not None
     with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
         sock.sendall(data)
         chunks = []
@@ -212,7 +214,7 @@ def test_graceful_stop_waits_for_in_flight_requests(run_sidecar: Any) -> None:
     assert app.entered.wait(30)
     running.sidecar.request_shutdown()
     running.phases.wait_for(Phase.STOPPING)
-    app.release.set()
+    app.release()
     slow.join(30)
     assert running.wait_finished() is None
     assert result["status"] == 200
@@ -245,10 +247,8 @@ def test_second_shutdown_request_skips_the_drain(run_sidecar: Any) -> None:
 
 
 def _ignore_errors(url: str) -> None:
-    try:
+    with contextlib.suppress(OSError, http.client.HTTPException):
         fetch(url)
-    except (OSError, http.client.HTTPException):
-        pass
 
 
 def test_app_port_in_use_is_a_bind_error(run_sidecar: Any) -> None:

@@ -166,7 +166,10 @@ def test_each_request_gets_a_shallow_copy_of_the_state(run_sidecar: Any) -> None
 def test_startup_is_retried_with_backoff_until_it_succeeds(run_sidecar: Any) -> None:
     app = apps.FlakyStartup(failures=2)
     running = run_sidecar(
-        app, lifespan__startup_attempts=3, lifespan__retry_backoff=0.01, lifespan__retry_backoff_max=0.02
+        app,
+        lifespan__startup_attempts=3,
+        lifespan__retry_backoff=0.01,
+        lifespan__retry_backoff_max=0.02,
     )
     assert fetch(running.app("/")).status == 200
     assert app.attempts == 3
@@ -176,7 +179,9 @@ def test_startup_is_retried_with_backoff_until_it_succeeds(run_sidecar: Any) -> 
 
 def test_startup_gives_up_after_the_last_attempt(run_sidecar: Any) -> None:
     app = apps.FlakyStartup(failures=5)
-    running = run_sidecar(app, wait=False, lifespan__startup_attempts=2, lifespan__retry_backoff=0.01)
+    running = run_sidecar(
+        app, wait=False, lifespan__startup_attempts=2, lifespan__retry_backoff=0.01
+    )
     assert _failure(running).reason == "failed"
     assert app.attempts == 2
 

@@ -28,7 +28,10 @@ async def _respond(send: Send, status: int, body: bytes, content_type: bytes) ->
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())],
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
@@ -95,10 +98,20 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
             await _respond(send, 200, body, b"application/octet-stream")
     elif path == "/stream" and method == "GET":
         await send(
-            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/plain")],
+            }
         )
         for index in range(10):
-            await send({"type": "http.response.body", "body": f"chunk {index}\n".encode(), "more_body": True})
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": f"chunk {index}\n".encode(),
+                    "more_body": True,
+                }
+            )
             await asyncio.sleep(0.1)
         await send({"type": "http.response.body", "body": b""})
     else:
