@@ -66,6 +66,7 @@ class _Exchange:
     __slots__ = (
         "_body_done",
         "_disconnect_waiter",
+        "_headers",
         "_request",
         "_response",
         "complete",
@@ -76,6 +77,7 @@ class _Exchange:
 
     def __init__(self, request: _Request) -> None:
         self._request = request
+        self._headers: CIMultiDict[str] | None = None
         self._response: web.StreamResponse | None = None
         self._body_done = False
         self._disconnect_waiter: asyncio.Future[None] | None = None
@@ -126,19 +128,29 @@ class _Exchange:
     async def send(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.body":
-            response = self._response
-            if response is None or self.complete:
-                raise UnexpectedMessageError(
-                    message, ("http.response.start" if response is None else "nothing more",)
-                )
+            if self._headers is None or self.complete:
+                expected = "http.response.start" if self._headers is None else "nothing more"
+                raise UnexpectedMessageError(message, (expected,))
             if self.disconnected:
                 raise ClientDisconnected("the client closed the connection")
             body = message.get("body", b"")
             more = message.get("more_body", False)
+            response = self._response
             try:
-                if not response.prepared:
-                    if not more and "Content-Length" not in response.headers:
-                        response.content_length = len(body)
+                if response is None:
+                    if not more:
+                        # The whole response in one message (the common case): aiohttp
+                        # writes status line, headers and body in a single send.
+                        response = web.Response(
+                            status=self.status, headers=self._headers, body=body
+                        )
+                        self._response = response
+                        self.complete = True
+                        await response.prepare(self._request)
+                        await response.write_eof()
+                        return
+                    response = web.StreamResponse(status=self.status, headers=self._headers)
+                    self._response = response
                     await response.prepare(self._request)
                 if body:
                     await response.write(body)
@@ -150,19 +162,19 @@ class _Exchange:
                 raise ClientDisconnected("the client closed the connection") from exc
             return
         if kind == "http.response.start":
-            if self._response is not None:
+            if self._headers is not None:
                 raise UnexpectedMessageError(message, ("http.response.body",))
-            status = message["status"]
             headers: CIMultiDict[str] = CIMultiDict()
             for name, value in message.get("headers", ()):
                 headers.add(name.decode("latin-1"), value.decode("latin-1"))
-            self.status = status
-            self._response = web.StreamResponse(status=status, headers=headers)
+            self.status = message["status"]
+            self._headers = headers
             return
         raise UnexpectedMessageError(message, ("http.response.start", "http.response.body"))
 
     @property
     def started(self) -> bool:
+        """Tell whether response bytes may have reached the client."""
         return self._response is not None and self._response.prepared
 
     def response(self) -> web.StreamResponse | None:
@@ -271,10 +283,13 @@ class AppServer:
         response: web.StreamResponse | None
         try:
             await self._app(scope, exchange.receive, exchange.send)
-        except Exception:
-            logger.exception(
-                "exception in ASGI app while handling %s %s", request.method, scope["path"]
-            )
+        except Exception as exc:
+            if exchange.disconnected and isinstance(exc, ClientDisconnected):
+                logger.debug("client left during %s %s", request.method, scope["path"])
+            else:
+                logger.exception(
+                    "exception in ASGI app while handling %s %s", request.method, scope["path"]
+                )
             response = self._fail(exchange, request)
         else:
             response = exchange.response()
