@@ -7,19 +7,21 @@ Metric names and labels are part of the public interface (documented in README.m
 from __future__ import annotations
 
 import platform
-from collections.abc import Sequence
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    Info,
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
 )
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 STARTUP_FAILURE_REASONS = ("failed", "exception", "timeout", "import")
 SHUTDOWN_FAILURE_REASONS = ("failed", "exception", "timeout")
@@ -32,6 +34,69 @@ KNOWN_METHODS = frozenset(
 
 # Spans fast API calls (a few ms) up to slow endpoints and long polls (tens of seconds).
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def _bucket_label(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
+class RequestStats(Collector):
+    """Request count, latency histogram and in-flight gauge, recorded without locks.
+
+    ``observe`` runs on the app's event loop for every request, so it only updates plain
+    Python numbers (one thread writes them); the admin thread turns them into metric
+    families when scraped, from copies taken with single C-level operations. This keeps
+    prometheus_client's per-sample locks off the request path.
+    """
+
+    def __init__(self, buckets: Sequence[float] = REQUEST_BUCKETS) -> None:
+        self._bounds = tuple(buckets)
+        self._counts: dict[tuple[str, int], int] = {}
+        # per method: observations per bucket (not cumulative; the last is +Inf) and sum
+        self._buckets: dict[str, list[int]] = {}
+        self._sums: dict[str, float] = {}
+        self.in_flight = 0
+
+    def observe(self, method: str, status: int, seconds: float) -> None:
+        label = method if method in KNOWN_METHODS else "other"
+        key = (label, status)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        buckets = self._buckets.get(label)
+        if buckets is None:
+            buckets = self._buckets[label] = [0] * (len(self._bounds) + 1)
+            self._sums[label] = 0.0
+        buckets[bisect_left(self._bounds, seconds)] += 1
+        self._sums[label] += seconds
+
+    def collect(self) -> Iterable[Metric]:
+        counts = self._counts.copy()
+        sums = self._sums.copy()
+        per_method = {method: list(b) for method, b in self._buckets.copy().items()}
+        requests = CounterMetricFamily(
+            "sidecar_http_requests",
+            "HTTP requests served by the app port, by method and status code.",
+            labels=["method", "code"],
+        )
+        for (method, status), count in sorted(counts.items()):
+            requests.add_metric([method, str(status)], count)
+        yield requests
+        duration = HistogramMetricFamily(
+            "sidecar_http_request_duration_seconds",
+            "Time from request received to response completed, by method.",
+            labels=["method"],
+        )
+        for method, buckets in sorted(per_method.items()):
+            cumulative, running = [], 0
+            for bound, count in zip((*self._bounds, float("inf")), buckets, strict=True):
+                running += count
+                cumulative.append((_bucket_label(bound), running))
+            duration.add_metric([method], cumulative, sum_value=sums.get(method, 0.0))
+        yield duration
+        yield GaugeMetricFamily(
+            "sidecar_http_requests_in_flight",
+            "HTTP requests being handled by the app right now.",
+            value=self.in_flight,
+        )
 
 
 class Metrics:
@@ -98,25 +163,8 @@ class Metrics:
             "sidecar_ready", "1 while the readiness probe passes, else 0.", registry=reg
         )
 
-        self.requests = Counter(
-            "sidecar_http_requests_total",
-            "HTTP requests served by the app port, by method and status code.",
-            ["method", "code"],
-            registry=reg,
-        )
-        self.request_duration = Histogram(
-            "sidecar_http_request_duration_seconds",
-            "Time from request received to response completed, by method.",
-            ["method"],
-            buckets=REQUEST_BUCKETS,
-            registry=reg,
-        )
-        self.in_flight = Gauge(
-            "sidecar_http_requests_in_flight",
-            "HTTP requests being handled by the app right now.",
-            registry=reg,
-        )
-        self._request_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        self.requests = RequestStats()
+        reg.register(self.requests)
 
     def set_phase(self, current: str, *, ready: bool) -> None:
         """Set the phase series (exactly one is 1) and the ready gauge."""
@@ -126,17 +174,7 @@ class Metrics:
 
     def observe_request(self, method: str, status: int, seconds: float) -> None:
         """Count one finished request and record its duration."""
-        label = method if method in KNOWN_METHODS else "other"
-        key = (label, status)
-        children = self._request_children.get(key)
-        if children is None:
-            children = (
-                self.requests.labels(label, str(status)),
-                self.request_duration.labels(label),
-            )
-            self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        self.requests.observe(method, status, seconds)
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """Encode the registry in the format the scraper asked for (text or OpenMetrics)."""

@@ -262,3 +262,45 @@ class SlowRequests:
                 self.saw_disconnect.set()
             return
         await respond(send)
+
+
+async def framing(scope: Scope, receive: Receive, send: Send) -> None:
+    """Responses whose framing the server must fix or refuse, chosen by path."""
+    if scope["type"] != "http":
+        raise ValueError("no lifespan here")
+    path = scope["path"]
+    if path == "/short":  # declares more than it sends
+        headers = [(b"content-length", b"10")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"abc"})
+    elif path == "/long":  # declares less than it sends
+        headers = [(b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"abcdef"})
+    elif path == "/injection":
+        headers = [(b"x-evil", b"a\r\nset-cookie: owned=1")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"no"})
+    elif path == "/no-content":
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+    else:
+        await respond(send)
+
+
+class IgnoresDisconnect:
+    """Never answer and never look at ``receive()``: only cancellation ends it."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.cancelled = threading.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            raise ValueError("no lifespan here")
+        self.entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise

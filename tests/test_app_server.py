@@ -261,3 +261,80 @@ def test_app_port_in_use_is_a_bind_error(run_sidecar: Any) -> None:
     assert isinstance(error, BindError)
     assert f"127.0.0.1:{port}" in str(error)
     assert "server.port" in str(error)
+
+
+def test_declared_length_longer_than_the_body_closes_the_connection(
+    run_sidecar: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    running = run_sidecar(apps.framing)
+    reply = raw_request(running.app(), b"GET /short HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert reply.endswith(b"\r\n\r\nabc")  # the server closed instead of hanging the client
+    assert b"connection: close" in reply
+    assert "declared content-length 10 but sent 3 bytes" in caplog.text
+
+
+def test_body_longer_than_declared_is_cut_to_the_declared_length(run_sidecar: Any) -> None:
+    running = run_sidecar(apps.framing)
+    reply = raw_request(running.app(), b"GET /long HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert reply.endswith(b"\r\n\r\nab")
+
+
+def test_header_with_a_line_break_is_refused_with_500(run_sidecar: Any) -> None:
+    running = run_sidecar(apps.framing)
+    reply = fetch(running.app("/injection"))
+    assert reply.status == 500
+    assert "set-cookie" not in reply.headers
+
+
+def test_204_has_no_body_and_no_length(run_sidecar: Any) -> None:
+    running = run_sidecar(apps.framing)
+    reply = raw_request(
+        running.app(), b"GET /no-content HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert reply.startswith(b"HTTP/1.1 204 No Content\r\n")
+    assert b"content-length" not in reply.lower()
+    assert b"transfer-encoding" not in reply.lower()
+
+
+def test_connection_close_from_the_client_is_honoured(run_sidecar: Any) -> None:
+    running = run_sidecar(apps.framing)
+    reply = raw_request(running.app(), b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert b"connection: close\r\n" in reply
+    assert reply.endswith(b"ok")
+
+
+def test_http_10_keep_alive_and_close_delimited_streams(run_sidecar: Any) -> None:
+    running = run_sidecar(apps.streaming)
+    reply = raw_request(running.app(), b"GET / HTTP/1.0\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.0 200 OK\r\n")
+    assert b"transfer-encoding" not in reply.lower()  # chunked does not exist in HTTP/1.0
+    assert reply.endswith(b"part0;part1;part2;part3;part4;")
+    running = run_sidecar(apps.framing)
+    conn = connect(running.app())
+    conn._http_vsn, conn._http_vsn_str = 10, "HTTP/1.0"  # type: ignore[attr-defined]
+    conn.request("GET", "/", headers={"Connection": "keep-alive"})
+    response = conn.getresponse()
+    assert response.getheader("connection") == "keep-alive"
+    assert response.read() == b"ok"
+    conn.close()
+
+
+def test_head_on_a_streaming_app_sends_no_body(run_sidecar: Any) -> None:
+    running = run_sidecar(apps.streaming)
+    reply = raw_request(running.app(), b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert reply.endswith(b"\r\n\r\n")
+    assert b"part0" not in reply
+
+
+def test_a_request_that_ignores_disconnect_is_cancelled_at_the_deadline(
+    run_sidecar: Any,
+) -> None:
+    app = apps.IgnoresDisconnect()
+    running = run_sidecar(app, shutdown__graceful_timeout=0.1)
+    client = threading.Thread(target=_ignore_errors, args=(running.app("/"),))
+    client.start()
+    assert app.entered.wait(30)
+    assert running.stop() is None
+    client.join(30)
+    assert app.cancelled.is_set()
+    assert running.sidecar.app_server.aborted == 1
