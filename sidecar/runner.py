@@ -318,8 +318,8 @@ def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
         if kind == "uvloop":
             raise ConfigError(
                 [
-                    "server.loop is 'uvloop' but uvloop is not installed; "
-                    "pip install 'lifespan-sidecar[uvloop]' or set server.loop to 'auto'"
+                    "server.loop is 'uvloop' but uvloop is not installed "
+                    "(pip install uvloop), or set server.loop to 'auto'"
                 ]
             ) from None
         return None

@@ -66,3 +66,16 @@ def test_failed_phase_fails_liveness_and_startup() -> None:
         "startupz", lifecycle.startup_checks(), verbose=False, as_json=False
     )
     assert (status, body) == (503, "startupz check failed: startup")
+
+
+def test_stopping_and_stopped_fail_readiness_but_not_liveness() -> None:
+    lifecycle = Lifecycle(drain_delay=0)
+    lifecycle.mark_started()
+    lifecycle.begin_drain()
+    for phase in (Phase.STOPPING, Phase.STOPPED):
+        lifecycle.transition(phase)
+        ready = {c.name: c for c in lifecycle.readiness_checks()}
+        assert not ready["draining"].ok
+        assert ready["draining"].message == f"shutting down (phase {phase.value})"
+        assert all(c.ok for c in lifecycle.liveness_checks())
+        assert all(c.ok for c in lifecycle.startup_checks())
