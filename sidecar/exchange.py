@@ -1,0 +1,336 @@
+"""One HTTP request/response between aiohttp and an ASGI app.
+
+Responses do not go through aiohttp's response objects. The app's header bytes are
+written as they came (checked for CR/LF, never decoded and re-encoded), a complete
+response leaves in one ``transport.write``, and aiohttp is handed a finished marker
+that tells it whether to keep the connection. Responses are written as soon as the app
+sends them, so work an app does after its response (Starlette background tasks) does
+not delay the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import cast
+
+from aiohttp import web
+from aiohttp.web_request import BaseRequest
+
+from .errors import UnexpectedMessageError
+from .types import Message
+
+logger = logging.getLogger("sidecar.app")
+
+# HTTP spec 2.4: send() after the client has gone raises an OSError subclass, which is
+# what lets Starlette stream without a second task listening for http.disconnect.
+ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
+HTTP_VERSIONS = {(1, 1): "1.1", (1, 0): "1.0"}
+
+# Seconds a request cut at the graceful timeout gets to end on its own after it was
+# told that the client is gone, before its task is cancelled.
+DISCONNECT_GRACE = 1.0
+
+_REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+INTERNAL_ERROR_BODY = b"Internal Server Error"
+INTERNAL_ERROR_HEADERS = [(b"content-type", b"text/plain; charset=utf-8")]
+
+
+class ClientDisconnected(OSError):
+    """Raised by ``send()`` when the client has closed the connection."""
+
+
+class Finished:
+    """What the handler returns to aiohttp once the response has been written.
+
+    aiohttp only calls ``prepare`` and ``write_eof`` on it and reads ``keep_alive`` to
+    decide whether to read another request from the connection.
+    """
+
+    __slots__ = ("keep_alive",)
+
+    def __init__(self, keep_alive: bool) -> None:
+        self.keep_alive = keep_alive
+
+    async def prepare(self, request: BaseRequest) -> None:
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
+
+
+KEEP_ALIVE = cast(web.StreamResponse, Finished(True))
+CLOSE = cast(web.StreamResponse, Finished(False))
+
+
+class _DateLine:
+    """The ``date`` header line, formatted at most once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._line = b""
+
+    def get(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._line = b"date: " + formatdate(now, usegmt=True).encode("ascii") + b"\r\n"
+        return self._line
+
+
+_date = _DateLine()
+
+
+class AsgiRequest(BaseRequest):
+    """A request that tells its exchange when the client goes away.
+
+    aiohttp calls ``_cancel`` when the connection is lost; the ASGI app must then
+    receive ``http.disconnect`` and ``send()`` must fail.
+    """
+
+    exchange: HttpExchange | None = None
+
+    def _cancel(self, exc: BaseException) -> None:
+        super()._cancel(exc)
+        if self.exchange is not None:
+            self.exchange.disconnect()
+
+
+class InvalidResponseError(ValueError):
+    """The app's response cannot be sent as it is (bad header bytes or length)."""
+
+
+class HttpExchange:
+    """One request/response between aiohttp and the app."""
+
+    __slots__ = (
+        "_body_done",
+        "_chunked",
+        "_declared",
+        "_disconnect_waiter",
+        "_headers",
+        "_no_body",
+        "_request",
+        "_sent",
+        "_version",
+        "complete",
+        "disconnected",
+        "keep_alive",
+        "started",
+        "status",
+    )
+
+    def __init__(self, request: AsgiRequest, version: str, keep_alive: bool) -> None:
+        self._request = request
+        self._version = version
+        self._body_done = False
+        self._disconnect_waiter: asyncio.Future[None] | None = None
+        self._headers: list[tuple[bytes, bytes]] | None = None
+        self._chunked = False
+        self._no_body = False
+        self._declared: int | None = None
+        self._sent = 0
+        self.status = 0
+        #: Whether the connection may serve another request after this one.
+        self.keep_alive = keep_alive
+        #: The status line has been written: an error can no longer become a 500.
+        self.started = False
+        self.complete = False
+        self.disconnected = False
+
+    # -- disconnect ---------------------------------------------------------------------
+
+    def disconnect(self) -> None:
+        """Mark the client gone and wake a ``receive()`` waiting for it."""
+        self.disconnected = True
+        waiter = self._disconnect_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def cancel(self) -> None:
+        """Cancel the app call serving this exchange (the graceful timeout ran out)."""
+        task = self._request.task
+        if task is not None and not task.done():
+            task.cancel()
+
+    # -- receive ------------------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        if not self._body_done:
+            request = self._request
+            if not request.body_exists:
+                self._body_done = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            content = request.content
+            try:
+                chunk = await content.readany()
+            except Exception:  # the connection was lost while reading the body
+                self.disconnect()
+                return {"type": "http.disconnect"}
+            more = not content.at_eof()
+            self._body_done = not more
+            return {"type": "http.request", "body": chunk, "more_body": more}
+        # The body is consumed: the next event is the end of the exchange, either the
+        # client leaving or (immediately, once the response is complete) its end.
+        if not self.disconnected and not self.complete:
+            waiter = asyncio.get_running_loop().create_future()
+            self._disconnect_waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._disconnect_waiter = None
+        return {"type": "http.disconnect"}
+
+    # -- send ---------------------------------------------------------------------------
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.body":
+            if self._headers is None or self.complete:
+                expected = "http.response.start" if self._headers is None else "nothing more"
+                raise UnexpectedMessageError(message, (expected,))
+            if self.disconnected:
+                raise ClientDisconnected("the client closed the connection")
+            body = message.get("body", b"")
+            more = message.get("more_body", False)
+            if not self.started:
+                head = self.head(None if more else len(body))
+                self.started = True
+                self.write(head, body, more)
+            else:
+                self.write(b"", body, more)
+            if more:
+                writer = self._request.writer
+                await writer.drain()  # returns at once unless the client reads slowly
+            return
+        if kind == "http.response.start":
+            if self._headers is not None:
+                raise UnexpectedMessageError(message, ("http.response.body",))
+            self.status = message["status"]
+            self._headers = list(message.get("headers", ()))
+            return
+        raise UnexpectedMessageError(message, ("http.response.start", "http.response.body"))
+
+    def fail(self) -> None:
+        """Answer 500 when nothing was sent yet; otherwise cut the connection.
+
+        A response that already started cannot be turned into an error, and ending it
+        normally would make a truncated body look complete to the client.
+        """
+        if self.started or self.disconnected:
+            self.keep_alive = False
+            transport = self._request.transport
+            if transport is not None:
+                transport.abort()
+            return
+        self.status = 500
+        self._headers = list(INTERNAL_ERROR_HEADERS)
+        self._declared = None
+        self._chunked = False
+        self.started = True
+        try:
+            self.write(self.head(len(INTERNAL_ERROR_BODY)), INTERNAL_ERROR_BODY, False)
+        except ClientDisconnected:
+            self.keep_alive = False
+
+    def head(self, length: int | None) -> bytes:
+        """Serialize the status line and headers; ``length`` is known for one-message bodies.
+
+        Decides the framing: the app's Content-Length, else our own for a complete
+        body, else chunked (HTTP/1.1) or close-delimited (HTTP/1.0).
+        """
+        status = self.status
+        headers = self._headers or []
+        version = self._version
+        request = self._request
+        self._no_body = request.method == "HEAD" or status < 200 or status in (204, 304)
+        reason = _REASONS.get(status, b"")
+        lines = [b"HTTP/%s %d %s\r\n" % (version.encode("ascii"), status, reason)]
+        has_date = has_connection = False
+        for name, value in headers:
+            if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name:
+                raise InvalidResponseError(
+                    f"response header {name!r} contains a line break; refusing to send it"
+                )
+            lowered = name.lower()
+            if lowered == b"content-length":
+                try:
+                    self._declared = int(value)
+                except ValueError:
+                    raise InvalidResponseError(
+                        f"response content-length {value!r} is not a number"
+                    ) from None
+            elif lowered == b"transfer-encoding":
+                self._chunked = value.lower() == b"chunked"
+            elif lowered == b"connection":
+                has_connection = True
+                if b"close" in value.lower():
+                    self.keep_alive = False
+            elif lowered == b"date":
+                has_date = True
+            lines.append(b"%s: %s\r\n" % (name, value))
+        if request.method == "HEAD" and self._declared is None and length:
+            # The app built the body it would send to a GET; its length is the truth.
+            lines.append(b"content-length: %d\r\n" % length)
+        elif not self._no_body and self._declared is None and not self._chunked:
+            if length is not None:
+                lines.append(b"content-length: %d\r\n" % length)
+                self._declared = length
+            elif version == "1.1":
+                lines.append(b"transfer-encoding: chunked\r\n")
+                self._chunked = True
+            else:  # HTTP/1.0 without a length: the end of the body is the end of the connection
+                self.keep_alive = False
+        mismatch = self._declared is not None and length is not None and length != self._declared
+        if mismatch and not self._no_body:
+            logger.error(
+                "%s %s: the app declared content-length %s but sent %d bytes; "
+                "closing the connection",
+                request.method,
+                request.path,
+                self._declared,
+                length,
+            )
+            self.keep_alive = False
+        if not has_date:
+            lines.append(_date.get())
+        if not has_connection:
+            if not self.keep_alive and version == "1.1":
+                lines.append(b"connection: close\r\n")
+            elif self.keep_alive and version == "1.0":
+                lines.append(b"connection: keep-alive\r\n")
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    def write(self, head: bytes, body: bytes, more: bool) -> None:
+        transport = self._request.transport
+        if transport is None or transport.is_closing():
+            self.disconnect()
+            raise ClientDisconnected("the client closed the connection")
+        if self._no_body:
+            data = head
+        elif self._chunked:
+            data = head + (b"%x\r\n%s\r\n" % (len(body), body) if body else b"")
+            if not more:
+                data += b"0\r\n\r\n"
+        else:
+            declared = self._declared
+            if declared is not None and self._sent + len(body) > declared:
+                body = body[: declared - self._sent]  # never send more than declared
+                self.keep_alive = False
+            self._sent += len(body)
+            data = head + body
+        if not more:
+            self.complete = True
+            if (
+                not self._no_body
+                and not self._chunked
+                and self._declared is not None
+                and self._sent < self._declared
+            ):
+                self.keep_alive = False  # the client sees a short body, then the close
+        if data:
+            transport.write(data)
