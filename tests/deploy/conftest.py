@@ -1,0 +1,365 @@
+"""Fixtures for the Kubernetes delivery tests: the chart rendered by the real Helm engine.
+
+Everything here runs offline. Helm is the Helm v4 Go SDK loaded in-process by
+helm-python-sdk; Kubernetes schemas come from kubernetes-validate. A missing tool is an
+import error, so the tests fail instead of being skipped.
+
+Helpers are exposed as fixtures (not a module to import), so they work under any pytest
+import mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from helm_python import _native
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART_DIR = ROOT / "charts" / "lifespan-sidecar"
+MANIFESTS_DIR = ROOT / "manifests"
+CI_VALUES_DIR = CHART_DIR / "ci"
+
+#: The release the tests install; "lifespan-sidecar" makes the chart's full name equal to the
+#: plain manifests' object names.
+RELEASE = "lifespan-sidecar"
+NAMESPACE = "apps"
+SERVICE_MONITOR_API = "monitoring.coreos.com/v1"
+
+
+def _oldest_supported_kubernetes() -> str:
+    constraint = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text(encoding="utf-8"))
+    match = re.fullmatch(r">=\s*(\d+\.\d+)\.\d+(-0)?", constraint["kubeVersion"])
+    assert match, f"Chart.yaml kubeVersion {constraint['kubeVersion']!r} is not '>=X.Y.Z-0'"
+    return f"{match.group(1)}.0"
+
+
+#: Kubernetes versions every object is validated against: the oldest the chart supports
+#: (Chart.yaml kubeVersion) and the newest kubernetes-validate ships.
+KUBE_VERSIONS = (_oldest_supported_kubernetes(), kubernetes_validate.utils.latest_version())
+
+
+@dataclass
+class Release:
+    """One rendered release: the objects, grouped for the assertions."""
+
+    values: dict[str, Any]
+    files: dict[str, str]
+    objects: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name, text in sorted(self.files.items()):
+            if not name.endswith(".yaml"):
+                continue
+            for document in yaml.safe_load_all(text):
+                if document:
+                    document.setdefault("_template", name)
+                    self.objects.append(document)
+
+    @property
+    def notes(self) -> str:
+        return next((text for name, text in self.files.items() if name.endswith("NOTES.txt")), "")
+
+    def kinds(self) -> list[str]:
+        return sorted(obj["kind"] for obj in self.objects)
+
+    def all(self, kind: str) -> list[dict[str, Any]]:
+        return [obj for obj in self.objects if obj["kind"] == kind]
+
+    def one(self, kind: str, name: str | None = None) -> dict[str, Any]:
+        found = [obj for obj in self.all(kind) if name is None or obj["metadata"]["name"] == name]
+        assert len(found) == 1, f"expected one {kind} {name or ''}, got {len(found)}"
+        return found[0]
+
+    def maybe(self, kind: str) -> dict[str, Any] | None:
+        found = self.all(kind)
+        assert len(found) <= 1, f"expected at most one {kind}, got {len(found)}"
+        return found[0] if found else None
+
+    @property
+    def deployment(self) -> dict[str, Any]:
+        return self.one("Deployment")
+
+    @property
+    def pod_spec(self) -> dict[str, Any]:
+        spec: dict[str, Any] = self.deployment["spec"]["template"]["spec"]
+        return spec
+
+    @property
+    def container(self) -> dict[str, Any]:
+        containers = self.pod_spec["containers"]
+        assert len(containers) == 1, containers
+        container: dict[str, Any] = containers[0]
+        return container
+
+    @property
+    def config_text(self) -> str:
+        text: str = self.one("ConfigMap")["data"]["sidecar.yaml"]
+        return text
+
+
+class Helm:
+    """Render and lint the chart with the Helm v4 engine (helm-python-sdk)."""
+
+    def __init__(self, chart: helm.Chart) -> None:
+        self.chart = chart
+
+    def render(
+        self,
+        values: dict[str, Any] | None = None,
+        *,
+        api_versions: tuple[str, ...] = (),
+        release: str = RELEASE,
+        namespace: str = NAMESPACE,
+    ) -> Release:
+        """Render like `helm template`; ``api_versions`` like its `--api-versions` flag.
+
+        ``Chart.render`` has no parameter for extra API versions, but the C library's render
+        options take ``api_versions`` (the same option `helm template --api-versions` sets),
+        so the call goes one level down, through the binding's own native call helper.
+        """
+        options = {"name": release, "namespace": namespace, "is_install": True}
+        if api_versions:
+            options["api_versions"] = list(api_versions)
+        payload = _native.call_string(
+            "helm_render",
+            self.chart._raw(),
+            json.dumps(values or {}),
+            json.dumps(options),
+        )
+        files: dict[str, str] = json.loads(payload)
+        return Release(values=values or {}, files=files)
+
+    @staticmethod
+    def lint(values: dict[str, Any] | None = None, *, kube_version: str) -> dict[str, Any]:
+        return helm.lint(CHART_DIR, values, strict=True, kube_version=kube_version)
+
+
+@pytest.fixture(scope="session")
+def chart_helm() -> Iterator[Helm]:
+    with helm.Chart.load(CHART_DIR) as chart:
+        yield Helm(chart)
+
+
+def _ci_values_files() -> list[Path]:
+    """The chart-testing values files in charts/lifespan-sidecar/ci/."""
+    files = sorted(CI_VALUES_DIR.glob("*-values.yaml"))
+    assert files, f"no values files in {CI_VALUES_DIR}"
+    return files
+
+
+def _load_values(path: Path) -> dict[str, Any]:
+    values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert isinstance(values, dict), path
+    return values
+
+
+#: The values matrix: the chart's defaults, then every file in ci/ (chart-testing's convention,
+#: so `ct lint` and `ct install` use the same cases).
+VALUES_CASES: dict[str, dict[str, Any]] = {"default": {}} | {
+    path.name.removesuffix("-values.yaml"): _load_values(path) for path in _ci_values_files()
+}
+
+
+@pytest.fixture(params=sorted(VALUES_CASES), scope="session")
+def values_case(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    """(name, values) for each case of the matrix."""
+    name: str = request.param
+    return name, VALUES_CASES[name]
+
+
+@pytest.fixture(scope="session")
+def case_release(chart_helm: Helm, values_case: tuple[str, dict[str, Any]]) -> Release:
+    """The release for one case, rendered for a cluster that has prometheus-operator."""
+    return chart_helm.render(values_case[1], api_versions=(SERVICE_MONITOR_API,))
+
+
+# -- Kubernetes schema validation ------------------------------------------------------------
+
+# prometheus-operator's ServiceMonitor is a CRD, so kubernetes-validate has no schema for it.
+# This is the subset of its v1 schema the chart and the manifests use, closed with
+# additionalProperties: false so a misspelt field fails here as it would in the API server.
+_LABELS = {"type": "object", "additionalProperties": {"type": "string"}}
+_DURATION = {
+    "type": "string",
+    "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?"
+    r"(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$",
+}
+SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": SERVICE_MONITOR_API},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+                "namespace": {"type": "string"},
+                "labels": _LABELS,
+                "annotations": _LABELS,
+            },
+        },
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector", "endpoints"],
+            "properties": {
+                "selector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["matchLabels"],
+                    "properties": {"matchLabels": _LABELS},
+                },
+                "namespaceSelector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "any": {"type": "boolean"},
+                        "matchNames": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["port"],
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string", "pattern": "^/"},
+                            "interval": _DURATION,
+                            "scrapeTimeout": _DURATION,
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def _seconds(duration: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    total, number = 0.0, ""
+    index = 0
+    while index < len(duration):
+        char = duration[index]
+        if char.isdigit():
+            number += char
+            index += 1
+            continue
+        unit = "ms" if duration.startswith("ms", index) else char
+        total += int(number) * units[unit]
+        number = ""
+        index += len(unit)
+    return total
+
+
+def validate_object(obj: dict[str, Any]) -> None:
+    """Validate one object strictly (unknown fields are errors) for every KUBE_VERSIONS."""
+    obj = {key: value for key, value in obj.items() if not key.startswith("_")}
+    if obj.get("kind") == "ServiceMonitor":
+        jsonschema.validate(obj, SERVICE_MONITOR_SCHEMA)
+        for endpoint in obj["spec"]["endpoints"]:
+            if "interval" in endpoint and "scrapeTimeout" in endpoint:
+                assert _seconds(endpoint["scrapeTimeout"]) <= _seconds(endpoint["interval"]), (
+                    f"scrapeTimeout {endpoint['scrapeTimeout']} exceeds interval "
+                    f"{endpoint['interval']}"
+                )
+        return
+    for version in KUBE_VERSIONS:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            where = "/".join(str(part) for part in exc.path)
+            raise AssertionError(
+                f"{obj['kind']}/{obj['metadata']['name']} is invalid for Kubernetes {version} "
+                f"at {where or '(top)'}: {exc.message}"
+            ) from None
+
+
+@pytest.fixture(scope="session")
+def validate_k8s() -> Callable[[dict[str, Any]], None]:
+    return validate_object
+
+
+# -- the sidecar's own view of a config file -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def effective(self) -> dict[str, Any]:
+        data: dict[str, Any] = yaml.safe_load(self.stdout)
+        return data
+
+
+def _clean_env() -> dict[str, str]:
+    # SIDECAR_* variables in the caller's environment would change the effective config.
+    return {key: value for key, value in os.environ.items() if not key.startswith("SIDECAR_")}
+
+
+def check_config(text: str, tmp_path: Path, *command: str) -> CheckResult:
+    """Run `sidecar check-config --config FILE` on ``text``, as the container would read it."""
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(text, encoding="utf-8")
+    argv = list(command) or [sys.executable, "-m", "sidecar"]
+    result = subprocess.run(
+        [*argv, "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_clean_env(),
+        check=False,
+    )
+    return CheckResult(result.returncode, result.stdout, result.stderr)
+
+
+@pytest.fixture(scope="session")
+def case_check(case_release: Release, tmp_path_factory: pytest.TempPathFactory) -> CheckResult:
+    """`sidecar check-config` on one case's ConfigMap, run once per case."""
+    return check_config(case_release.config_text, tmp_path_factory.mktemp("check-config"))
+
+
+@pytest.fixture
+def sidecar_check_config(tmp_path: Path) -> Callable[[str], CheckResult]:
+    counter = iter(range(1_000_000))
+
+    def run(text: str) -> CheckResult:
+        directory = tmp_path / f"check-{next(counter)}"
+        directory.mkdir()
+        return check_config(text, directory)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def config_checksum() -> Callable[[str], str]:
+    """The chart's checksum/config annotation: the sha256 of the sidecar.yaml text."""
+
+    def checksum(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    return checksum
