@@ -33,6 +33,7 @@ from .exchange import (
 )
 from .metrics import Metrics
 from .types import ASGIApp
+from .websocket import WebSocketSession, WebSocketSettings
 
 logger = logging.getLogger("sidecar.app")
 access_logger = logging.getLogger("sidecar.access")
@@ -49,6 +50,7 @@ class AppServer:
         *,
         metrics: Metrics | None = None,
         access_log: bool = False,
+        websocket_close_code: int = 1012,
     ) -> None:
         self._config = config
         self._app = app
@@ -59,9 +61,14 @@ class AppServer:
         self._server: asyncio.AbstractServer | None = None
         self._web_server: web.Server | None = None
         self._active: set[HttpExchange] = set()
+        self._websockets: set[WebSocketSession] = set()
+        self._ws_settings = WebSocketSettings(
+            ping_interval=config.ws_ping_interval, max_message_size=config.ws_max_message_size
+        )
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
+        self._websocket_close_code = websocket_close_code
         self.address: tuple[str, int] | None = None
         #: Requests still running when the graceful timeout ran out, cut by ``stop()``.
         self.aborted = 0
@@ -131,6 +138,8 @@ class AppServer:
         started_at = time.perf_counter()
         message = request._message
         version = HTTP_VERSIONS.get((message.version[0], message.version[1]), "1.1")
+        if message.upgrade and message.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._handle_websocket(request, version)
         keep_alive = not message.should_close and not self._closing
         exchange = HttpExchange(request, version, keep_alive)
         request.exchange = exchange
@@ -151,7 +160,10 @@ class AppServer:
                 )
             exchange.fail()
         else:
-            if not exchange.complete and not exchange.disconnected:
+            if not exchange.complete and exchange.ended_by_server and not exchange.started:
+                # The app stopped because the server told it the exchange was over.
+                exchange.fail(503)
+            elif not exchange.complete and not exchange.disconnected:
                 logger.error(
                     "ASGI app returned %s the response to %s %s",
                     "before finishing" if exchange.started else "without sending",
@@ -182,6 +194,36 @@ class AppServer:
             )
         return KEEP_ALIVE if exchange.keep_alive and exchange.complete else CLOSE
 
+    async def _handle_websocket(self, request: AsgiRequest, version: str) -> web.StreamResponse:
+        scope = self._scope(request, version)
+        del scope["method"]
+        scope["type"] = "websocket"
+        scope["scheme"] = "ws"
+        scope["subprotocols"] = [
+            token.strip()
+            for value in request.headers.getall("Sec-WebSocket-Protocol", ())
+            for token in value.split(",")
+            if token.strip()
+        ]
+        scope["extensions"] = {"websocket.http.response": {}}
+        session = WebSocketSession(request, self._ws_settings, version)
+        # Before the handshake, a lost connection must wake an app waiting in receive().
+        request.exchange = session.handshake
+        self._websockets.add(session)
+        error: BaseException | None = None
+        try:
+            await self._app(scope, session.receive, session.send)
+        except Exception as exc:
+            error = exc
+            if isinstance(exc, ClientDisconnected):
+                logger.debug("websocket client left during %s", scope["path"])
+            else:
+                logger.exception("exception in ASGI app on websocket %s", scope["path"])
+        finally:
+            self._websockets.discard(session)
+            request.exchange = None
+        return await session.finish(error)
+
     async def stop(
         self, graceful_timeout: float, *, cut_short: asyncio.Event | None = None
     ) -> None:
@@ -200,6 +242,17 @@ class AppServer:
         if web_server is None:
             return
         web_server.pre_shutdown()
+        # Long-lived exchanges end now rather than at the graceful timeout: apps waiting
+        # in receive() (server-sent events, long polls) get http.disconnect, and open
+        # WebSockets get the configured close code.
+        for exchange in self._active:
+            exchange.end_listening()
+        if self._websockets:
+            code = self._websocket_close_code
+            closing = [session.shutdown(code) for session in list(self._websockets)]
+            await asyncio.wait(
+                [asyncio.ensure_future(c) for c in closing], timeout=max(graceful_timeout, 0.1)
+            )
         if self._active:
             waiters = {asyncio.ensure_future(self._idle.wait())}
             if cut_short is not None:

@@ -53,6 +53,15 @@ class ServerConfig:
     loop: Literal["auto", "asyncio", "uvloop"] = _opt(
         "auto", "Event loop for the app: `auto` uses uvloop when it is installed."
     )
+    ws_ping_interval: float = _opt(
+        20.0,
+        "Seconds between WebSocket pings; a peer that does not answer within half of it "
+        "is disconnected (0 turns pings off).",
+        min=0,
+    )
+    ws_max_message_size: int = _opt(
+        16 * 1024 * 1024, "Largest WebSocket message accepted, in bytes (close code 1009).", min=1
+    )
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,12 @@ class ShutdownConfig:
     )
     graceful_timeout: float = _opt(
         20.0, "Seconds in-flight requests get to finish after the listener closes.", min=0
+    )
+    websocket_close_code: int = _opt(
+        1012,
+        "Close code sent to open WebSockets when the listener closes (1012: service restart).",
+        min=1000,
+        max=4999,
     )
 
 

@@ -35,8 +35,7 @@ HTTP_VERSIONS = {(1, 1): "1.1", (1, 0): "1.0"}
 DISCONNECT_GRACE = 1.0
 
 _REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
-INTERNAL_ERROR_BODY = b"Internal Server Error"
-INTERNAL_ERROR_HEADERS = [(b"content-type", b"text/plain; charset=utf-8")]
+ERROR_HEADERS = [(b"content-type", b"text/plain; charset=utf-8")]
 
 
 class ClientDisconnected(OSError):
@@ -111,6 +110,7 @@ class HttpExchange:
         "_chunked",
         "_declared",
         "_disconnect_waiter",
+        "_ending",
         "_headers",
         "_no_body",
         "_request",
@@ -128,6 +128,7 @@ class HttpExchange:
         self._version = version
         self._body_done = False
         self._disconnect_waiter: asyncio.Future[None] | None = None
+        self._ending = False
         self._headers: list[tuple[bytes, bytes]] | None = None
         self._chunked = False
         self._no_body = False
@@ -175,14 +176,31 @@ class HttpExchange:
             return {"type": "http.request", "body": chunk, "more_body": more}
         # The body is consumed: the next event is the end of the exchange, either the
         # client leaving or (immediately, once the response is complete) its end.
-        if not self.disconnected and not self.complete:
-            waiter = asyncio.get_running_loop().create_future()
-            self._disconnect_waiter = waiter
-            try:
-                await waiter
-            finally:
-                self._disconnect_waiter = None
+        if not self.complete:
+            await self.receive_disconnect()
         return {"type": "http.disconnect"}
+
+    async def receive_disconnect(self) -> None:
+        """Wait until the client goes away or the server ends the exchange."""
+        if self.disconnected or self._ending:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._disconnect_waiter = waiter
+        try:
+            await waiter
+        finally:
+            self._disconnect_waiter = None
+
+    def end_listening(self) -> None:
+        """Tell an app waiting in ``receive()`` that the exchange is over (server stopping).
+
+        Unlike ``disconnect()`` this leaves ``send()`` working: a response being written
+        may still finish within the graceful timeout.
+        """
+        self._ending = True
+        waiter = self._disconnect_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # -- send ---------------------------------------------------------------------------
 
@@ -214,8 +232,13 @@ class HttpExchange:
             return
         raise UnexpectedMessageError(message, ("http.response.start", "http.response.body"))
 
-    def fail(self) -> None:
-        """Answer 500 when nothing was sent yet; otherwise cut the connection.
+    @property
+    def ended_by_server(self) -> bool:
+        """Tell whether the server ended this exchange (``end_listening``) while stopping."""
+        return self._ending
+
+    def fail(self, status: int = 500) -> None:
+        """Answer ``status`` when nothing was sent yet; otherwise cut the connection.
 
         A response that already started cannot be turned into an error, and ending it
         normally would make a truncated body look complete to the client.
@@ -226,13 +249,14 @@ class HttpExchange:
             if transport is not None:
                 transport.abort()
             return
-        self.status = 500
-        self._headers = list(INTERNAL_ERROR_HEADERS)
+        body = HTTPStatus(status).phrase.encode("ascii")
+        self.status = status
+        self._headers = list(ERROR_HEADERS)
         self._declared = None
         self._chunked = False
         self.started = True
         try:
-            self.write(self.head(len(INTERNAL_ERROR_BODY)), INTERNAL_ERROR_BODY, False)
+            self.write(self.head(len(body)), body, False)
         except ClientDisconnected:
             self.keep_alive = False
 

@@ -254,6 +254,7 @@ class Sidecar:
             driver.state,
             metrics=self.metrics if config.metrics.requests else None,
             access_log=config.logging.access_log,
+            websocket_close_code=config.shutdown.websocket_close_code,
         )
         self.app_server = server
         try:

@@ -304,3 +304,79 @@ class IgnoresDisconnect:
         except asyncio.CancelledError:
             self.cancelled.set()
             raise
+
+
+class WebSocketApp:
+    """A raw ASGI WebSocket app; the path picks the behaviour."""
+
+    def __init__(self) -> None:
+        self.disconnects: list[Message] = []
+        self.disconnected = threading.Event()
+        self.accepted = threading.Event()
+        self.errors: list[BaseException] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await respond(send)
+            return
+        if scope["type"] != "websocket":
+            raise ValueError("no lifespan here")
+        assert (await receive())["type"] == "websocket.connect"
+        path = scope["path"].removeprefix(scope["root_path"])
+        if path == "/deny":
+            await send({"type": "websocket.close", "code": 1000})
+            return
+        if path == "/deny-custom":
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": 401,
+                    "headers": [(b"content-type", b"text/plain"), (b"x-reason", b"token")],
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": b"no entry"})
+            return
+        if path == "/return-before-accept":
+            return
+        if path == "/raise-before":
+            raise RuntimeError("refused to accept")
+        offered = scope["subprotocols"]
+        await send(
+            {
+                "type": "websocket.accept",
+                "subprotocol": offered[0] if offered else None,
+                "headers": [(b"x-ws", b"yes")],
+            }
+        )
+        self.accepted.set()
+        if path == "/scope":
+            document = {
+                key: scope[key] if not isinstance(scope[key], bytes) else scope[key].decode()
+                for key in ("type", "scheme", "path", "raw_path", "query_string", "root_path",
+                            "http_version", "subprotocols", "extensions", "asgi")
+            }  # fmt: skip
+            document["has_method"] = "method" in scope
+            document["state_keys"] = sorted(scope["state"])
+            document["client_is_tuple"] = isinstance(scope["client"], tuple)
+            await send({"type": "websocket.send", "text": json.dumps(document)})
+        if path == "/raise-after":
+            raise RuntimeError("handler crashed")
+        if path == "/bad-message":
+            try:
+                await send({"type": "websocket.send", "bytes": b"x", "text": "x"})
+            except Exception as exc:
+                self.errors.append(exc)
+                raise
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                self.disconnects.append(message)
+                self.disconnected.set()
+                return
+            if message.get("text") == "close-me":
+                await send({"type": "websocket.close", "code": 4000, "reason": "bye"})
+                return
+            if message.get("text") is not None:
+                await send({"type": "websocket.send", "text": "echo:" + message["text"]})
+            else:
+                await send({"type": "websocket.send", "bytes": b"echo:" + message["bytes"]})

@@ -178,7 +178,9 @@ def test_check_config_prints_the_effective_config() -> None:
     assert document["server"]["port"] == 8000
     assert document["admin"]["port"] == 8081
     assert document["lifespan"]["startup_timeout"] == 60.0
-    assert document["shutdown"] == {"drain_delay": 5.0, "graceful_timeout": 20.0}
+    assert document["shutdown"]["drain_delay"] == 5.0
+    assert document["shutdown"]["graceful_timeout"] == 20.0
+    assert document["shutdown"]["websocket_close_code"] == 1012
 
 
 def test_precedence_is_flags_over_env_over_file(tmp_path: Path) -> None:
