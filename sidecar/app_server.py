@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
 from typing import Any, cast
 from urllib.parse import unquote
@@ -20,7 +21,7 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
 from .config import ServerConfig
-from .errors import BindError
+from .errors import BindError, ConfigError
 from .exchange import (
     ASGI_VERSION,
     CLOSE,
@@ -32,6 +33,7 @@ from .exchange import (
     HttpExchange,
 )
 from .metrics import Metrics
+from .proxy import TrustedProxies, parse_forwarded, parse_x_forwarded
 from .types import ASGIApp
 from .websocket import WebSocketSession, WebSocketSettings
 
@@ -58,6 +60,8 @@ class AppServer:
         self._stats = metrics.requests if metrics is not None else None
         self._access_log = access_log
         self._root_path = config.root_path
+        self._proxies = TrustedProxies(config.trusted_proxies)
+        self._scheme = "https" if config.tls_certfile else "http"
         self._server: asyncio.AbstractServer | None = None
         self._web_server: web.Server | None = None
         self._active: set[HttpExchange] = set()
@@ -87,9 +91,15 @@ class AppServer:
             access_log=None,
         )
         host, port = self._config.host, self._config.port
+        tls = self._tls_context()
         try:
             self._server = await loop.create_server(
-                self._web_server, host, port, backlog=self._config.backlog, reuse_address=True
+                self._web_server,
+                host,
+                port,
+                backlog=self._config.backlog,
+                reuse_address=True,
+                ssl=tls,
             )
         except OSError as exc:
             raise BindError(
@@ -99,6 +109,22 @@ class AppServer:
         sock: socket.socket = self._server.sockets[0]
         bound = sock.getsockname()
         self.address = (bound[0], bound[1])
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        config = self._config
+        if not config.tls_certfile:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(config.tls_certfile, config.tls_keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                [
+                    f"cannot load the TLS certificate {config.tls_certfile!r} with key "
+                    f"{config.tls_keyfile!r} (server.tls_certfile/tls_keyfile): {exc}"
+                ]
+            ) from exc
+        return context
 
     def _make_request(
         self, message: Any, payload: Any, protocol: Any, writer: Any, task: Any
@@ -116,22 +142,51 @@ class AppServer:
         transport = request.transport
         peer = transport.get_extra_info("peername") if transport is not None else None
         local = transport.get_extra_info("sockname") if transport is not None else None
+        client = (peer[0], peer[1]) if isinstance(peer, tuple) else None
         root = self._root_path
-        return {
+        scope: dict[str, Any] = {
             "type": "http",
             "asgi": ASGI_VERSION,
             "http_version": version,
             "method": message.method,
-            "scheme": "http",
+            "scheme": self._scheme,
             "path": root + path if root else path,
             "raw_path": (root + raw if root else raw).encode("latin-1"),
             "query_string": query.encode("latin-1"),
             "root_path": root,
             "headers": [(name.lower(), value) for name, value in message.raw_headers],
-            "client": (peer[0], peer[1]) if isinstance(peer, tuple) else None,
+            "client": client,
             "server": (local[0], local[1]) if isinstance(local, tuple) else None,
             "state": self._state.copy(),
+            "extensions": {"http.response.pathsend": {}},
         }
+        if self._proxies.enabled and client is not None and self._proxies.trusts(client[0]):
+            self._apply_proxy_headers(scope, message.headers)
+        return scope
+
+    def _apply_proxy_headers(self, scope: dict[str, Any], headers: Any) -> None:
+        """Take client, scheme and host from a trusted proxy's forwarding headers."""
+        forwarded = headers.getall("Forwarded", ())
+        if forwarded:
+            hops = parse_forwarded(forwarded)
+        else:
+            hops = parse_x_forwarded(
+                headers.getall("X-Forwarded-For", ()),
+                headers.getall("X-Forwarded-Proto", ()),
+                headers.getall("X-Forwarded-Host", ()),
+            )
+        hop = self._proxies.resolve(hops)
+        if hop is None:
+            return
+        if hop.address:
+            scope["client"] = (hop.address, hop.port)
+        if hop.proto is not None and hop.proto.lower() in ("http", "https"):
+            scope["scheme"] = hop.proto.lower()
+        if hop.host:
+            host = hop.host.encode("latin-1")
+            scope["headers"] = [
+                (name, host if name == b"host" else value) for name, value in scope["headers"]
+            ]
 
     async def _handle(self, base_request: BaseRequest) -> web.StreamResponse:
         request = cast(AsgiRequest, base_request)  # built by _make_request
@@ -176,6 +231,7 @@ class AppServer:
             if not self._active:
                 self._idle.set()
             request.exchange = None
+        exchange.close_if_body_never_sent()
         elapsed = time.perf_counter() - started_at
         status = exchange.status if exchange.started else (499 if exchange.disconnected else 500)
         if stats is not None:
@@ -198,7 +254,7 @@ class AppServer:
         scope = self._scope(request, version)
         del scope["method"]
         scope["type"] = "websocket"
-        scope["scheme"] = "ws"
+        scope["scheme"] = "wss" if scope["scheme"] == "https" else "ws"
         scope["subprotocols"] = [
             token.strip()
             for value in request.headers.getall("Sec-WebSocket-Protocol", ())

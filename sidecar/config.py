@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError
+from .proxy import parse_trusted
 
 ENV_PREFIX = "SIDECAR_"
 
@@ -53,6 +54,15 @@ class ServerConfig:
     loop: Literal["auto", "asyncio", "uvloop"] = _opt(
         "auto", "Event loop for the app: `auto` uses uvloop when it is installed."
     )
+    trusted_proxies: str = _opt(
+        "",
+        "Comma-separated addresses/CIDRs (or `*`) of proxies whose `Forwarded` and "
+        "`X-Forwarded-*` headers set the client address, scheme and host; none by default.",
+    )
+    tls_certfile: str = _opt(
+        "", "PEM certificate (chain) for TLS on the app port; empty: plain HTTP."
+    )
+    tls_keyfile: str = _opt("", "PEM private key for `tls_certfile`.")
     ws_ping_interval: float = _opt(
         20.0,
         "Seconds between WebSocket pings; a peer that does not answer within half of it "
@@ -380,6 +390,27 @@ def _hosts_overlap(a: str, b: str) -> bool:
         return False
 
 
+def _check_server(config: Config, problems: list[str]) -> None:
+    server = config.server
+    try:
+        parse_trusted(server.trusted_proxies)
+    except ValueError as exc:
+        problems.append(
+            f"invalid address {str(exc)!r} in server.trusted_proxies "
+            f"({server.trusted_proxies!r}); expected '*' or comma-separated IP addresses "
+            "or CIDRs, e.g. '10.0.0.0/8, 127.0.0.1'"
+        )
+    if bool(server.tls_certfile) != bool(server.tls_keyfile):
+        problems.append(
+            "server.tls_certfile and server.tls_keyfile must be set together "
+            f"(got certfile={server.tls_certfile!r}, keyfile={server.tls_keyfile!r})"
+        )
+    for key in ("tls_certfile", "tls_keyfile"):
+        value = getattr(server, key)
+        if value and not Path(value).is_file():
+            problems.append(f"server.{key}: no such file {value!r}; expected a PEM file")
+
+
 def _check_coherence(config: Config, problems: list[str]) -> None:
     if config.lifespan.retry_backoff > config.lifespan.retry_backoff_max:
         problems.append(
@@ -424,6 +455,7 @@ def load_config(
     config = Config(**{s: SECTIONS[s](**values) for s, values in merged.items()})
     _check_ports(config, problems)
     _check_coherence(config, problems)
+    _check_server(config, problems)
     if problems:
         raise ConfigError(problems)
     return config

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from email.utils import formatdate
 from http import HTTPStatus
@@ -35,6 +36,8 @@ HTTP_VERSIONS = {(1, 1): "1.1", (1, 0): "1.0"}
 DISCONNECT_GRACE = 1.0
 
 _REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+# Bytes read from a file per write for http.response.pathsend.
+_FILE_CHUNK = 256 * 1024
 ERROR_HEADERS = [(b"content-type", b"text/plain; charset=utf-8")]
 
 
@@ -108,6 +111,7 @@ class HttpExchange:
     __slots__ = (
         "_body_done",
         "_chunked",
+        "_continued",
         "_declared",
         "_disconnect_waiter",
         "_ending",
@@ -131,6 +135,7 @@ class HttpExchange:
         self._ending = False
         self._headers: list[tuple[bytes, bytes]] | None = None
         self._chunked = False
+        self._continued = False
         self._no_body = False
         self._declared: int | None = None
         self._sent = 0
@@ -166,6 +171,9 @@ class HttpExchange:
                 self._body_done = True
                 return {"type": "http.request", "body": b"", "more_body": False}
             content = request.content
+            if not self._continued:
+                self._continued = True
+                self._answer_expect_continue()
             try:
                 chunk = await content.readany()
             except Exception:  # the connection was lost while reading the body
@@ -179,6 +187,32 @@ class HttpExchange:
         if not self.complete:
             await self.receive_disconnect()
         return {"type": "http.disconnect"}
+
+    def _answer_expect_continue(self) -> None:
+        """Send ``100 Continue`` to a client that waits for it, now that the app reads.
+
+        Sent only when the app asks for the body, so an app that rejects the request
+        from its headers never makes the client upload it.
+        """
+        if self._version != "1.1" or self.started:
+            return
+        expect = self._request.headers.get("Expect")
+        transport = self._request.transport
+        if expect is not None and expect.lower() == "100-continue" and transport is not None:
+            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def close_if_body_never_sent(self) -> None:
+        """Close at once when the client is still waiting for ``100 Continue``.
+
+        The app answered without reading the body, so the client will never send it;
+        waiting for (and discarding) a body that is not coming would hold the connection.
+        """
+        if self._continued or not self.complete or not self._request.body_exists:
+            return
+        expect = self._request.headers.get("Expect")
+        if expect is not None and expect.lower() == "100-continue":
+            self.keep_alive = False
+            self._request.protocol.force_close()
 
     async def receive_disconnect(self) -> None:
         """Wait until the client goes away or the server ends the exchange."""
@@ -230,7 +264,51 @@ class HttpExchange:
             self.status = message["status"]
             self._headers = list(message.get("headers", ()))
             return
-        raise UnexpectedMessageError(message, ("http.response.start", "http.response.body"))
+        if kind == "http.response.pathsend":
+            if self._headers is None or self.started:
+                expected = "http.response.start" if self._headers is None else "nothing more"
+                raise UnexpectedMessageError(message, (expected,))
+            await self._send_file(message["path"])
+            return
+        raise UnexpectedMessageError(
+            message, ("http.response.start", "http.response.body", "http.response.pathsend")
+        )
+
+    async def _send_file(self, path: str) -> None:
+        """Send a file as the whole body (``http.response.pathsend``).
+
+        Opening and reading happen in the default executor: a file on a slow or network
+        filesystem must not stall every other request on the loop.
+        """
+        if self.disconnected:
+            raise ClientDisconnected("the client closed the connection")
+        loop = asyncio.get_running_loop()
+        try:
+            handle = await loop.run_in_executor(None, open, path, "rb")
+        except OSError as exc:
+            raise InvalidResponseError(
+                f"http.response.pathsend: cannot open {path!r}: {exc.strerror or exc}"
+            ) from exc
+        try:
+            size = os.fstat(handle.fileno()).st_size
+            head = self.head(size)
+            self.started = True
+            remaining = size
+            while True:
+                chunk = b""
+                if remaining:
+                    chunk = await loop.run_in_executor(
+                        None, handle.read, min(_FILE_CHUNK, remaining)
+                    )
+                remaining -= len(chunk)
+                more = bool(chunk) and remaining > 0
+                self.write(head, chunk, more)
+                head = b""
+                if not more:
+                    return
+                await self._request.writer.drain()
+        finally:
+            handle.close()
 
     @property
     def ended_by_server(self) -> bool:

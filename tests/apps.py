@@ -380,3 +380,45 @@ class WebSocketApp:
                 await send({"type": "websocket.send", "text": "echo:" + message["text"]})
             else:
                 await send({"type": "websocket.send", "bytes": b"echo:" + message["bytes"]})
+
+
+class BodyReader:
+    """Read the body only when asked to (``/read``); ``/reject`` answers from the headers."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            raise ValueError("no lifespan here")
+        if scope["path"] == "/reject":
+            await respond(send, 413, b"too big")
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        await respond(send, body=b"read %d" % len(body))
+
+
+def pathsend_app(path: str) -> Any:
+    """Serve the file at ``path`` with http.response.pathsend when the server offers it."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            raise ValueError("no lifespan here")
+        assert "http.response.pathsend" in scope["extensions"]
+        headers = [(b"content-type", b"application/octet-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        target = path if scope["path"] != "/missing" else path + ".absent"
+        await send({"type": "http.response.pathsend", "path": target})
+
+    return app
+
+
+async def whoami(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer with the client, scheme and host the server put in the scope."""
+    if scope["type"] != "http":
+        raise ValueError("no lifespan here")
+    host = dict(scope["headers"]).get(b"host", b"").decode()
+    document = {"client": scope["client"], "scheme": scope["scheme"], "host": host}
+    await respond(send, body=json.dumps(document).encode())

@@ -95,15 +95,29 @@ def test_booleans_from_the_environment() -> None:
     assert "expected a boolean" in problems(env={"SIDECAR_APP_FACTORY": "maybe"})[0]
 
 
-def test_every_key_has_an_environment_variable() -> None:
+SAMPLES = {
+    "server.root_path": "/x",
+    "server.trusted_proxies": "10.0.0.0/8",
+    "app.target": "pkg.mod:app",
+}
+
+
+def test_every_key_has_an_environment_variable(tmp_path: Path) -> None:
+    pem = tmp_path / "x.pem"
+    pem.write_text("not checked here")
+    paired = {"SIDECAR_SERVER_TLS_CERTFILE": str(pem), "SIDECAR_SERVER_TLS_KEYFILE": str(pem)}
     for spec in key_specs():
         lowest = max(int(spec.bounds.get("min", 1)), 1)
-        value = {bool: "true", int: str(lowest), float: "1.5", str: "/x"}.get(spec.type)
-        if value is None:  # a Literal: use its first choice
+        samples = {bool: "true", int: str(lowest), float: "1.5", str: "/x"}
+        value = SAMPLES.get(spec.path) or samples.get(spec.type, "")
+        if spec.path in ("server.tls_certfile", "server.tls_keyfile"):
+            value = str(pem)
+        if not value:  # a Literal: use its first choice
             value = spec.type.__args__[0]
-        if spec.path == "server.root_path":
-            value = "/x"
-        config = load_config(env={spec.env: value})
+        env = {spec.env: value}
+        if spec.env in paired:
+            env = paired
+        config = load_config(env=env)
         got = getattr(getattr(config, spec.section), spec.name)
         assert str(got).lower() in (value.lower(), str(float(value)) if spec.type is float else "")
 
