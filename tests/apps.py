@@ -220,6 +220,10 @@ async def faulty(scope: Scope, receive: Receive, send: Send) -> None:
         raise RuntimeError("boom in the middle of the response")
     if path == "/no-response":
         return
+    if path == "/two-starts":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        return
     if path == "/bad-message":
         await send({"type": "http.response.body", "body": b"body before start"})
         return

@@ -195,14 +195,16 @@ def test_exception_after_the_response_started_closes_the_connection(run_sidecar:
     assert fetch(running.app("/fine")).status == 200
 
 
-@pytest.mark.parametrize("path", ["/no-response", "/bad-message"])
+@pytest.mark.parametrize("path", ["/no-response", "/bad-message", "/two-starts"])
 def test_app_that_does_not_respond_properly_gives_500(
     run_sidecar: Any, path: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     running = run_sidecar(apps.faulty)
     assert fetch(running.app(path)).status == 500
-    if path == "/bad-message":
+    if path in ("/bad-message", "/two-starts"):
         assert "UnexpectedMessageError" in caplog.text
+    else:
+        assert "ASGI app returned without sending the response" in caplog.text
 
 
 def test_graceful_stop_waits_for_in_flight_requests(run_sidecar: Any) -> None:

@@ -232,3 +232,25 @@ def test_driver_rejects_unknown_message_types() -> None:
     error = asyncio.run(main())
     assert isinstance(error, UnexpectedMessageError)
     assert error.expected == ("lifespan.startup.complete", "lifespan.startup.failed")
+
+
+def test_lifespan_scope_fields(run_sidecar: Any) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            seen.append(dict(scope))
+            await receive()
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await apps.respond(send)
+
+    running = run_sidecar(app)
+    assert running.stop() is None
+    (scope,) = seen
+    assert set(scope) == {"type", "asgi", "state"}
+    assert scope["type"] == "lifespan"
+    assert scope["asgi"] == {"version": "3.0", "spec_version": "2.0"}
+    assert isinstance(scope["state"], dict)
