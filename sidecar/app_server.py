@@ -59,6 +59,7 @@ class AppServer:
         self._state = state
         self._stats = metrics.requests if metrics is not None else None
         self._access_log = access_log
+        self._record_requests = access_log or self._stats is not None
         self._root_path = config.root_path
         self._proxies = TrustedProxies(config.trusted_proxies)
         self._scheme = "https" if config.tls_certfile else "http"
@@ -72,6 +73,7 @@ class AppServer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
+        self._ending_streams = False
         self._websocket_close_code = websocket_close_code
         self.address: tuple[str, int] | None = None
         #: Requests still running when the graceful timeout ran out, cut by ``stop()``.
@@ -80,6 +82,20 @@ class AppServer:
     @property
     def in_flight(self) -> int:
         return len(self._active)
+
+    @property
+    def connections_open(self) -> int:
+        """Open client connections (read from the admin thread at scrape time)."""
+        web_server = self._web_server
+        return len(web_server.connections) if web_server is not None else 0
+
+    @property
+    def websocket_connections(self) -> int:
+        return len(self._websockets)
+
+    async def wait_idle(self) -> None:
+        """Return once no HTTP request is in flight."""
+        await self._idle.wait()
 
     async def start(self) -> None:
         """Bind the listening socket; raise ``BindError`` when that is impossible."""
@@ -190,19 +206,22 @@ class AppServer:
 
     async def _handle(self, base_request: BaseRequest) -> web.StreamResponse:
         request = cast(AsgiRequest, base_request)  # built by _make_request
-        started_at = time.perf_counter()
         message = request._message
         version = HTTP_VERSIONS.get((message.version[0], message.version[1]), "1.1")
         if message.upgrade and message.headers.get("Upgrade", "").lower() == "websocket":
             return await self._handle_websocket(request, version)
         keep_alive = not message.should_close and not self._closing
         exchange = HttpExchange(request, version, keep_alive)
+        if self._ending_streams:
+            exchange.end_listening()
         request.exchange = exchange
         self._active.add(exchange)
         self._idle.clear()
         stats = self._stats
         if stats is not None:
             stats.in_flight += 1
+        if self._record_requests:
+            exchange.on_complete = self._completed
         scope = self._scope(request, version)
         try:
             await self._app(scope, exchange.receive, exchange.send)
@@ -232,23 +251,35 @@ class AppServer:
                 self._idle.set()
             request.exchange = None
         exchange.close_if_body_never_sent()
-        elapsed = time.perf_counter() - started_at
+        if self._record_requests and not exchange.recorded:
+            exchange.recorded = True
+            self._completed(exchange)  # no response reached the client
+        return KEEP_ALIVE if exchange.keep_alive and exchange.complete else CLOSE
+
+    def _completed(self, exchange: HttpExchange) -> None:
+        """Count the request and write its access log line, as its response completes.
+
+        Runs exactly once per request, before the last bytes leave, so a client that has
+        its response also sees it counted (and no longer in flight) on /metrics.
+        """
+        elapsed = time.perf_counter() - exchange.started_at
+        request = exchange.request
         status = exchange.status if exchange.started else (499 if exchange.disconnected else 500)
+        stats = self._stats
         if stats is not None:
             stats.in_flight -= 1
             stats.observe(request.method, status, elapsed)
         if self._access_log:
-            client = scope["client"]
+            peer = request.transport.get_extra_info("peername") if request.transport else None
             access_logger.info(
                 '%s - "%s %s HTTP/%s" %d %.1fms',
-                client[0] if client else "-",
+                peer[0] if isinstance(peer, tuple) else "-",
                 request.method,
-                message.path,
-                version,
+                request._message.path,
+                exchange.version,
                 status,
                 elapsed * 1000,
             )
-        return KEEP_ALIVE if exchange.keep_alive and exchange.complete else CLOSE
 
     async def _handle_websocket(self, request: AsgiRequest, version: str) -> web.StreamResponse:
         scope = self._scope(request, version)
@@ -280,6 +311,21 @@ class AppServer:
             request.exchange = None
         return await session.finish(error)
 
+    async def end_streams(self, limit: float) -> None:
+        """End the exchanges that only end when told: the drain is over for them.
+
+        Apps waiting in ``receive()`` (server-sent events, long polls), now and from now
+        on, get ``http.disconnect``; open WebSockets get the configured close code (each
+        close waits at most ``limit`` seconds for the peer's answer).
+        """
+        self._ending_streams = True
+        for exchange in self._active:
+            exchange.end_listening()
+        if self._websockets:
+            code = self._websocket_close_code
+            closing = [session.shutdown(code) for session in list(self._websockets)]
+            await asyncio.wait([asyncio.ensure_future(c) for c in closing], timeout=max(limit, 0.1))
+
     async def stop(
         self, graceful_timeout: float, *, cut_short: asyncio.Event | None = None
     ) -> None:
@@ -298,17 +344,7 @@ class AppServer:
         if web_server is None:
             return
         web_server.pre_shutdown()
-        # Long-lived exchanges end now rather than at the graceful timeout: apps waiting
-        # in receive() (server-sent events, long polls) get http.disconnect, and open
-        # WebSockets get the configured close code.
-        for exchange in self._active:
-            exchange.end_listening()
-        if self._websockets:
-            code = self._websocket_close_code
-            closing = [session.shutdown(code) for session in list(self._websockets)]
-            await asyncio.wait(
-                [asyncio.ensure_future(c) for c in closing], timeout=max(graceful_timeout, 0.1)
-            )
+        await self.end_streams(graceful_timeout)
         if self._active:
             waiters = {asyncio.ensure_future(self._idle.wait())}
             if cut_short is not None:

@@ -93,12 +93,16 @@ def _fail(code: int, message: str) -> NoReturn:
     sys.exit(code)
 
 
+def _config_problems(exc: ConfigError) -> NoReturn:
+    lines = "\n".join(f"  - {problem}" for problem in exc.problems)
+    _fail(EXIT_CONFIG, f"invalid configuration ({len(exc.problems)} problem(s)):\n{lines}")
+
+
 def _config_or_exit(kwargs: dict[str, Any], *, need_target: bool) -> Config:
     try:
         return _build_config(kwargs, need_target=need_target)
     except ConfigError as exc:
-        lines = "\n".join(f"  - {problem}" for problem in exc.problems)
-        _fail(EXIT_CONFIG, f"invalid configuration ({len(exc.problems)} problem(s)):\n{lines}")
+        _config_problems(exc)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -137,3 +141,42 @@ def check_config_command(**kwargs: Any) -> None:
     """Validate the configuration and print the effective values as YAML."""
     config = _config_or_exit(kwargs, need_target=False)
     click.echo(dump_config(config), nl=False)
+
+
+@main.command("prestop")
+@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="YAML config file (for admin.port).")  # fmt: skip
+@click.option("--admin-port", "admin_port", type=str, default=None, help="[admin.port]")
+@click.option(
+    "--timeout",
+    "timeout",
+    type=float,
+    default=None,
+    help="Seconds to wait for the answer [default: shutdown.drain_delay + 5].",
+)
+def prestop_command(config_path: str | None, admin_port: str | None, timeout: float | None) -> None:
+    """Drain the local sidecar before SIGTERM (for an `exec` preStop hook).
+
+    Calls /prestop on the admin port over loopback and returns when the drain delay has
+    passed: exit 0 when drained, 1 when the sidecar could not be reached.
+    """
+    import urllib.error
+    import urllib.request
+
+    try:
+        config = load_config(config_path, env=os.environ, overrides={"admin.port": admin_port})
+    except ConfigError as exc:
+        _config_problems(exc)
+    host = config.admin.host
+    if host in ("0.0.0.0", "", "::"):
+        host = "127.0.0.1"
+    url = f"http://{host}:{config.admin.port}/prestop"
+    if ":" in host:
+        url = f"http://[{host}]:{config.admin.port}/prestop"
+    wait = timeout if timeout is not None else config.shutdown.drain_delay + 5.0
+    request = urllib.request.Request(url, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=wait) as response:
+            click.echo(response.read().decode("utf-8", "replace").strip())
+    except (urllib.error.URLError, OSError) as exc:
+        _fail(EXIT_ERROR, f"could not drain via {url}: {exc}")

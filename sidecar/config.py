@@ -105,7 +105,14 @@ class ShutdownConfig:
         min=0,
     )
     graceful_timeout: float = _opt(
-        20.0, "Seconds in-flight requests get to finish after the listener closes.", min=0
+        20.0,
+        "Seconds in-flight requests get, after the drain delay, to finish before they are cut.",
+        min=0,
+    )
+    drain_mode: Literal["idle", "fixed"] = _opt(
+        "idle",
+        "`idle`: after the drain delay keep the listener open until no request is in "
+        "flight (within graceful_timeout); `fixed`: close it when the drain delay ends.",
     )
     websocket_close_code: int = _opt(
         1012,

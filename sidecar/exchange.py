@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import cast
@@ -123,7 +124,10 @@ class HttpExchange:
         "complete",
         "disconnected",
         "keep_alive",
+        "on_complete",
+        "recorded",
         "started",
+        "started_at",
         "status",
     )
 
@@ -142,6 +146,11 @@ class HttpExchange:
         self.status = 0
         #: Whether the connection may serve another request after this one.
         self.keep_alive = keep_alive
+        #: Called once, just before the last bytes of the response are written, so that
+        #: whatever it records is in place before the client can see the response.
+        self.on_complete: Callable[[HttpExchange], None] | None = None
+        self.recorded = False
+        self.started_at = time.perf_counter()
         #: The status line has been written: an error can no longer become a 500.
         self.started = False
         self.complete = False
@@ -311,6 +320,14 @@ class HttpExchange:
             handle.close()
 
     @property
+    def request(self) -> AsgiRequest:
+        return self._request
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
     def ended_by_server(self) -> bool:
         """Tell whether the server ended this exchange (``end_listening``) while stopping."""
         return self._ending
@@ -434,5 +451,8 @@ class HttpExchange:
                 and self._sent < self._declared
             ):
                 self.keep_alive = False  # the client sees a short body, then the close
+            if self.on_complete is not None and not self.recorded:
+                self.recorded = True
+                self.on_complete(self)
         if data:
             transport.write(data)

@@ -94,7 +94,7 @@ class RequestStats(Collector):
         yield duration
         yield GaugeMetricFamily(
             "sidecar_http_requests_in_flight",
-            "HTTP requests being handled by the app right now.",
+            "HTTP requests received whose response is not complete yet.",
             value=self.in_flight,
         )
 
@@ -163,6 +163,23 @@ class Metrics:
             "sidecar_ready", "1 while the readiness probe passes, else 0.", registry=reg
         )
 
+        self.drain_duration = Gauge(
+            "sidecar_drain_duration_seconds",
+            "Time from the start of the drain (not ready) until the last request finished "
+            "or was cut.",
+            registry=reg,
+        )
+        self.requests_aborted = Counter(
+            "sidecar_http_requests_aborted",
+            "Requests still running at the graceful timeout, cut at shutdown.",
+            registry=reg,
+        )
+        self.connections_open = Gauge(
+            "sidecar_connections_open", "Open client connections on the app port.", registry=reg
+        )
+        self.websocket_connections = Gauge(
+            "sidecar_websocket_connections", "Open WebSocket connections.", registry=reg
+        )
         self.requests = RequestStats()
         reg.register(self.requests)
 

@@ -262,6 +262,8 @@ class Sidecar:
         except BaseException:
             await self._lifespan_shutdown(driver)
             raise
+        self.metrics.connections_open.set_function(lambda: server.connections_open)
+        self.metrics.websocket_connections.set_function(lambda: server.websocket_connections)
         logger.info("serving the app on http://%s:%d", *self._address(server.address))
         self.lifecycle.mark_started()
         self.serving.set()
@@ -270,21 +272,45 @@ class Sidecar:
 
         # Drain: keep serving while load balancers stop routing here. A preStop hook
         # may have started the drain already; only what is left of it is waited for.
+        loop = asyncio.get_running_loop()
+        shutdown = config.shutdown
         end = self.lifecycle.begin_drain()
         remaining = end - self.lifecycle.clock()
         if remaining > 0 and not self._force.is_set():
             logger.info("draining: serving for %.1fs more before closing the listener", remaining)
-            try:
-                async with asyncio.timeout(remaining):
-                    await self._force.wait()
-            except TimeoutError:
-                pass
+            await self._forced_within(remaining)
+        # The graceful budget starts when the drain delay ends, in both drain modes, so
+        # the whole stop fits drain_delay + graceful_timeout + lifespan shutdown_timeout.
+        deadline = loop.time() + shutdown.graceful_timeout
+        await server.end_streams(shutdown.graceful_timeout)
+        if shutdown.drain_mode == "idle" and server.in_flight and not self._force.is_set():
+            logger.info(
+                "draining: %d request(s) in flight; closing the listener once they finish",
+                server.in_flight,
+            )
+            await self._forced_within(shutdown.graceful_timeout, server.wait_idle())
         self.lifecycle.transition(Phase.STOPPING, f"{server.in_flight} request(s) in flight")
-        graceful = 0.0 if self._force.is_set() else config.shutdown.graceful_timeout
-        await server.stop(graceful, cut_short=self._force)
+        left = 0.0 if self._force.is_set() else max(deadline - loop.time(), 0.0)
+        await server.stop(left, cut_short=self._force)
+        started = self.lifecycle.drain_started
+        if started is not None:
+            self.metrics.drain_duration.set(self.lifecycle.clock() - started)
+        if server.aborted:
+            self.metrics.requests_aborted.inc(server.aborted)
         # Lifespan shutdown runs once startup completed, whatever happened to requests.
         await self._lifespan_shutdown(driver)
         self.lifecycle.transition(Phase.STOPPED)
+
+    async def _forced_within(self, seconds: float, done: Awaitable[object] | None = None) -> None:
+        """Wait up to ``seconds`` for ``done``; a second shutdown request ends it early."""
+        waiters: set[asyncio.Future[object]] = {asyncio.ensure_future(self._force.wait())}
+        if done is not None:
+            waiters.add(asyncio.ensure_future(done))
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     async def _lifespan_shutdown(self, driver: LifespanDriver) -> None:
         loop = asyncio.get_running_loop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import os
@@ -68,6 +69,12 @@ def fetch(
         return Reply(response.status, {k.lower(): v for k, v in pairs}, data, pairs)
     finally:
         conn.close()
+
+
+def fetch_quietly(url: str) -> None:
+    """Make a request whose outcome the test does not care about (it may be cut)."""
+    with contextlib.suppress(OSError, http.client.HTTPException):
+        fetch(url)
 
 
 # -- in-process sidecars ----------------------------------------------------------------

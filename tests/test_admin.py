@@ -156,7 +156,7 @@ def test_admin_answers_while_the_app_loop_is_blocked(run_sidecar: Any) -> None:
 
 def test_stopping_phase_fails_readiness_while_requests_finish(run_sidecar: Any) -> None:
     app = apps.SlowRequests()
-    running = run_sidecar(app)
+    running = run_sidecar(app, shutdown__drain_mode="fixed")
     slow = threading.Thread(target=fetch, args=(running.app("/slow"),))
     slow.start()
     assert app.entered.wait(30)
@@ -173,3 +173,17 @@ def test_stopping_phase_fails_readiness_while_requests_finish(run_sidecar: Any) 
 def test_admin_endpoints_reject_post(run_sidecar: Any, path: str) -> None:
     running = run_sidecar(apps.lifespan_app())
     assert fetch(running.admin(path), "POST").status == 405
+
+
+def test_prestop_during_startup_answers_at_once_and_never_reports_ready(
+    run_sidecar: Any,
+) -> None:
+    running = run_sidecar(
+        apps.lifespan_app(on_startup="hang"), wait=False, shutdown__drain_delay=30
+    )
+    began = time.monotonic()
+    assert fetch(running.admin("/prestop")).status == 200
+    assert time.monotonic() - began < 5  # nothing is routed here yet: no drain to wait for
+    assert fetch(running.admin("/readyz")).status == 503
+    assert running.stop() is None
+    assert Phase.READY not in running.phases.phases()

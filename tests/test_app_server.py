@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import socket
@@ -16,7 +15,7 @@ from sidecar.errors import BindError
 from sidecar.state import Phase
 
 from . import apps
-from .conftest import fetch
+from .conftest import fetch, fetch_quietly
 
 
 def connect(url: str) -> http.client.HTTPConnection:
@@ -209,7 +208,7 @@ def test_app_that_does_not_respond_properly_gives_500(
 
 def test_graceful_stop_waits_for_in_flight_requests(run_sidecar: Any) -> None:
     app = apps.SlowRequests()
-    running = run_sidecar(app)
+    running = run_sidecar(app, shutdown__drain_mode="fixed")
     result: dict[str, int] = {}
     slow = threading.Thread(target=lambda: result.update(status=fetch(running.app("/slow")).status))
     slow.start()
@@ -248,11 +247,6 @@ def test_second_shutdown_request_skips_the_drain(run_sidecar: Any) -> None:
     running.sidecar.request_shutdown()
     assert running.wait_finished() is None
     assert app.shutdown_ran.is_set()
-
-
-def _ignore_errors(url: str) -> None:
-    with contextlib.suppress(OSError, http.client.HTTPException):
-        fetch(url)
 
 
 def test_app_port_in_use_is_a_bind_error(run_sidecar: Any) -> None:
@@ -335,10 +329,30 @@ def test_a_request_that_ignores_disconnect_is_cancelled_at_the_deadline(
 ) -> None:
     app = apps.IgnoresDisconnect()
     running = run_sidecar(app, shutdown__graceful_timeout=0.1)
-    client = threading.Thread(target=_ignore_errors, args=(running.app("/"),))
+    client = threading.Thread(target=fetch_quietly, args=(running.app("/"),))
     client.start()
     assert app.entered.wait(30)
     assert running.stop() is None
     client.join(30)
     assert app.cancelled.is_set()
     assert running.sidecar.app_server.aborted == 1
+
+
+def test_idle_drain_keeps_the_listener_open_until_requests_finish(run_sidecar: Any) -> None:
+    app = apps.SlowRequests()
+    running = run_sidecar(app, shutdown__drain_mode="idle", shutdown__graceful_timeout=30)
+    result: dict[str, int] = {}
+    slow = threading.Thread(target=lambda: result.update(status=fetch(running.app("/slow")).status))
+    slow.start()
+    assert app.entered.wait(30)
+    running.sidecar.request_shutdown()
+    running.phases.wait_for(Phase.DRAINING)
+    running.sync()  # the drain delay (0 here) is over: the idle wait has begun
+    # the listener is still open: a late request (routed before the endpoint update) is served
+    assert fetch(running.app("/late")).status == 200
+    assert Phase.STOPPING not in running.phases.phases()
+    app.release()
+    slow.join(30)
+    assert running.wait_finished() is None
+    assert result["status"] == 200
+    assert running.sidecar.app_server.aborted == 0

@@ -261,3 +261,38 @@ def test_readme_first_command_runs_the_demo(cli: Any) -> None:
     assert fetch(proc.app_url + "/stream").text.count("chunk") == 10
     proc.signal(signal.SIGTERM)
     assert proc.wait() == 0
+
+
+def test_prestop_command_drains_the_local_sidecar(cli: Any) -> None:
+    proc = cli("run", "cli_apps:slow_startup", *LOOPBACK, "--drain-delay", "0.5")
+    proc.wait_serving()
+    admin_port = proc.admin_url.rsplit(":", 1)[1]
+    began = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "prestop", "--admin-port", admin_port],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "drained"
+    assert time.monotonic() - began >= 0.5
+    assert fetch(proc.admin_url + "/readyz").status == 503
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0
+
+
+def test_prestop_command_fails_clearly_without_a_sidecar() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = str(probe.getsockname()[1])
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "prestop", "--admin-port", free, "--timeout", "2"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert f"could not drain via http://127.0.0.1:{free}/prestop" in result.stderr

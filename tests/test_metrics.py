@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import threading
@@ -12,7 +13,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from sidecar import __version__
 
 from . import apps
-from .conftest import LOOPBACK, ROOT, fetch
+from .conftest import LOOPBACK, ROOT, fetch, fetch_quietly
 from .metrics_util import scrape_samples
 
 PHASES = ("starting", "ready", "draining", "stopping", "stopped", "failed")
@@ -125,3 +126,40 @@ def test_promtool_accepts_the_exposition(run_sidecar: Any) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "", result.stdout
     assert result.stderr.strip() == "", result.stderr
+
+
+def test_drain_and_abort_metrics(run_sidecar: Any) -> None:
+    app = apps.IgnoresDisconnect()
+    running = run_sidecar(app, shutdown__graceful_timeout=0.1, shutdown__drain_delay=0.2)
+    client = threading.Thread(target=fetch_quietly, args=(running.app("/"),))
+    client.start()
+    assert app.entered.wait(30)
+    samples = scrape_samples(scrape(running)[0])
+    assert value(samples, "sidecar_connections_open") == 1
+    assert value(samples, "sidecar_websocket_connections") == 0
+    assert running.stop() is None
+    client.join(30)
+    registry = running.sidecar.metrics.registry
+    assert registry.get_sample_value("sidecar_http_requests_aborted_total") == 1
+    drain = registry.get_sample_value("sidecar_drain_duration_seconds")
+    assert drain is not None
+    assert drain >= 0.2
+
+
+def test_websocket_gauge(run_sidecar: Any) -> None:
+    import aiohttp
+
+    app = apps.WebSocketApp()
+    running = run_sidecar(app)
+    seen: dict[str, float] = {}
+
+    async def talk() -> None:
+        async with aiohttp.ClientSession() as session:
+            url = running.app("/wait").replace("http://", "ws://")
+            async with session.ws_connect(url):
+                assert app.accepted.wait(30)
+                samples = scrape_samples(scrape(running)[0])
+                seen["open"] = value(samples, "sidecar_websocket_connections")
+
+    asyncio.run(talk())
+    assert seen["open"] == 1
