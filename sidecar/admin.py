@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from .auth import AdminGuard
 from .config import AdminConfig
 from .errors import BindError
 from .metrics import Metrics
@@ -57,8 +58,15 @@ def _wants_json(request: web.Request) -> bool:
 class AdminServer:
     """Serve the admin endpoints from a daemon thread with its own event loop."""
 
-    def __init__(self, config: AdminConfig, lifecycle: Lifecycle, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        config: AdminConfig,
+        lifecycle: Lifecycle,
+        metrics: Metrics,
+        guard: AdminGuard | None = None,
+    ) -> None:
         self._config = config
+        self.guard = guard if guard is not None else AdminGuard("", "")
         self._lifecycle = lifecycle
         self._metrics = metrics
         self._thread: threading.Thread | None = None
@@ -157,6 +165,13 @@ class AdminServer:
         )
 
     async def _prestop(self, request: web.Request) -> web.Response:
+        denial = self.guard.check(request.remote, request.headers.get("Authorization"))
+        if denial is not None:
+            logger.warning("refused /prestop from %s: %s", request.remote or "-", denial.message)
+            headers = {"Cache-Control": "no-store"}
+            if denial.status == 401:
+                headers["WWW-Authenticate"] = 'Bearer realm="sidecar-admin"'
+            return web.Response(status=denial.status, text=denial.message + "\n", headers=headers)
         lifecycle = self._lifecycle
         end = lifecycle.begin_drain()
         remaining = end - lifecycle.clock()

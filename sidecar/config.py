@@ -78,6 +78,17 @@ class ServerConfig:
 class AdminConfig:
     host: str = _opt("0.0.0.0", "Address the admin port (probes, preStop, metrics) binds to.")
     port: int = _opt(8081, "Admin port (0 picks a free port).", min=0, max=65535)
+    token: str = _opt(
+        "",
+        "Bearer token required by `/prestop` (from anywhere but loopback); prefer "
+        "`token_file` or the environment so it can come from a Secret.",
+    )
+    token_file: str = _opt("", "File holding the admin token (a mounted Secret).")
+    allow_from: str = _opt(
+        "",
+        "Comma-separated addresses/CIDRs allowed to call `/prestop` (loopback always is); "
+        "empty: any address, subject to the token.",
+    )
 
 
 @dataclass(frozen=True)
@@ -418,6 +429,27 @@ def _check_server(config: Config, problems: list[str]) -> None:
             problems.append(f"server.{key}: no such file {value!r}; expected a PEM file")
 
 
+def _check_admin(config: Config, problems: list[str]) -> None:
+    admin = config.admin
+    if admin.token and admin.token_file:
+        problems.append(
+            "admin.token and admin.token_file are both set; expected one of them "
+            "(token_file for a mounted Secret)"
+        )
+    if admin.token_file and not Path(admin.token_file).is_file():
+        problems.append(
+            f"admin.token_file: no such file {admin.token_file!r}; "
+            "expected a file holding the token"
+        )
+    try:
+        parse_trusted(admin.allow_from)
+    except ValueError as exc:
+        problems.append(
+            f"invalid address {str(exc)!r} in admin.allow_from ({admin.allow_from!r}); "
+            "expected comma-separated IP addresses or CIDRs, e.g. '10.0.0.0/8'"
+        )
+
+
 def _check_coherence(config: Config, problems: list[str]) -> None:
     if config.lifespan.retry_backoff > config.lifespan.retry_backoff_max:
         problems.append(
@@ -463,6 +495,7 @@ def load_config(
     _check_ports(config, problems)
     _check_coherence(config, problems)
     _check_server(config, problems)
+    _check_admin(config, problems)
     if problems:
         raise ConfigError(problems)
     return config

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from ._version import __version__
 from .admin import AdminServer
 from .app_server import AppServer
+from .auth import AdminGuard, load_token
 from .config import Config
 from .errors import AppLoadError, ConfigError, LifespanError
 from .lifespan import LifespanDriver
@@ -62,7 +63,12 @@ class Sidecar:
         )
         self.metrics.set_phase(Phase.STARTING.value, ready=False)
         self.lifecycle.subscribe(self._on_transition)
-        self.admin = AdminServer(config.admin, self.lifecycle, self.metrics)
+        self.admin = AdminServer(
+            config.admin,
+            self.lifecycle,
+            self.metrics,
+            AdminGuard(load_token(config.admin), config.admin.allow_from),
+        )
         self.app_server: AppServer | None = None
         #: Set once the app port is bound and the sidecar reports ready.
         self.serving = threading.Event()
@@ -137,6 +143,11 @@ class Sidecar:
         try:
             self.admin.start()
             logger.info("admin endpoints on http://%s:%d", *self._address(self.admin.address))
+            if self.admin.guard.open:
+                logger.info(
+                    "/prestop accepts any caller; set admin.token (or admin.allow_from) so "
+                    "that only the kubelet can drain this pod"
+                )
             driver = await self._start_app()
             if driver is None:
                 self.lifecycle.transition(Phase.STOPPING, "shutdown requested during startup")

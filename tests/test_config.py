@@ -98,6 +98,7 @@ def test_booleans_from_the_environment() -> None:
 SAMPLES = {
     "server.root_path": "/x",
     "server.trusted_proxies": "10.0.0.0/8",
+    "admin.allow_from": "10.0.0.0/8",
     "app.target": "pkg.mod:app",
 }
 
@@ -110,7 +111,7 @@ def test_every_key_has_an_environment_variable(tmp_path: Path) -> None:
         lowest = max(int(spec.bounds.get("min", 1)), 1)
         samples = {bool: "true", int: str(lowest), float: "1.5", str: "/x"}
         value = SAMPLES.get(spec.path) or samples.get(spec.type, "")
-        if spec.path in ("server.tls_certfile", "server.tls_keyfile"):
+        if spec.path in ("server.tls_certfile", "server.tls_keyfile", "admin.token_file"):
             value = str(pem)
         if not value:  # a Literal: use its first choice
             value = spec.type.__args__[0]
