@@ -18,6 +18,7 @@ from typing import Any, cast
 from urllib.parse import unquote
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from .config import ServerConfig
@@ -29,6 +30,7 @@ from .exchange import (
     HTTP_VERSIONS,
     KEEP_ALIVE,
     AsgiRequest,
+    BodyLimits,
     ClientDisconnected,
     HttpExchange,
 )
@@ -39,6 +41,73 @@ from .websocket import WebSocketSession, WebSocketSettings
 
 logger = logging.getLogger("sidecar.app")
 access_logger = logging.getLogger("sidecar.access")
+
+
+# Written straight to a connection refused for overload, before any request is read.
+_OVERLOADED = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 19\r\nretry-after: 1\r\nconnection: close\r\n\r\nService Unavailable"
+)
+
+
+class _GuardedServer(web.Server):
+    """aiohttp's low-level server, with a connection cap and a deadline for the first head.
+
+    A client that opens connections and sends its request head byte by byte (slowloris)
+    would otherwise hold each connection for the whole keep-alive timeout.
+    """
+
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        max_connections: int,
+        header_timeout: float,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self._max_connections = max_connections
+        self._header_timeout = header_timeout
+        self._head_timers: dict[RequestHandler, asyncio.TimerHandle] = {}
+        #: Connections refused because ``max_connections`` were open.
+        self.refused = 0
+        #: Connections closed because no complete request head arrived in time.
+        self.timed_out = 0
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        if self._max_connections and len(self.connections) > self._max_connections:
+            self.refused += 1
+            transport.write(_OVERLOADED)
+            handler.force_close()
+            return
+        if self._header_timeout:
+            loop = asyncio.get_running_loop()
+            self._head_timers[handler] = loop.call_later(
+                self._header_timeout, self._head_timed_out, handler
+            )
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        timer = self._head_timers.pop(handler, None)
+        if timer is not None:
+            timer.cancel()
+        super().connection_lost(handler, exc)
+
+    def head_received(self, handler: RequestHandler) -> None:
+        """Stop the head deadline: a complete request arrived on this connection."""
+        timer = self._head_timers.pop(handler, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _head_timed_out(self, handler: RequestHandler) -> None:
+        self._head_timers.pop(handler, None)
+        self.timed_out += 1
+        logger.info(
+            "closing a connection without a complete request head after %gs "
+            "(server.header_timeout)",
+            self._header_timeout,
+        )
+        handler.force_close()
 
 
 class AppServer:
@@ -61,10 +130,11 @@ class AppServer:
         self._access_log = access_log
         self._record_requests = access_log or self._stats is not None
         self._root_path = config.root_path
+        self._body_limits = BodyLimits(config.max_body_size, config.body_timeout)
         self._proxies = TrustedProxies(config.trusted_proxies)
         self._scheme = "https" if config.tls_certfile else "http"
         self._server: asyncio.AbstractServer | None = None
-        self._web_server: web.Server | None = None
+        self._web_server: _GuardedServer | None = None
         self._active: set[HttpExchange] = set()
         self._websockets: set[WebSocketSession] = set()
         self._ws_settings = WebSocketSettings(
@@ -100,11 +170,20 @@ class AppServer:
     async def start(self) -> None:
         """Bind the listening socket; raise ``BindError`` when that is impossible."""
         loop = asyncio.get_running_loop()
-        self._web_server = web.Server(
+        config = self._config
+        self._web_server = _GuardedServer(
             self._handle,
+            max_connections=config.max_connections,
+            header_timeout=config.header_timeout,
             request_factory=self._make_request,
-            keepalive_timeout=self._config.keep_alive_timeout,
+            keepalive_timeout=config.keep_alive_timeout,
             access_log=None,
+            max_line_size=config.max_request_line,
+            max_field_size=config.max_header_size,
+            max_headers=config.max_headers,
+            # The app gets the body as the client sent it (content-encoding included), as
+            # with any ASGI server; decompressing here would also invite zip bombs.
+            auto_decompress=False,
         )
         host, port = self._config.host, self._config.port
         tls = self._tls_context()
@@ -210,8 +289,21 @@ class AppServer:
         version = HTTP_VERSIONS.get((message.version[0], message.version[1]), "1.1")
         if message.upgrade and message.headers.get("Upgrade", "").lower() == "websocket":
             return await self._handle_websocket(request, version)
+        web_server = self._web_server
+        if web_server is not None:
+            web_server.head_received(request.protocol)
         keep_alive = not message.should_close and not self._closing
-        exchange = HttpExchange(request, version, keep_alive)
+        exchange = HttpExchange(request, version, keep_alive, self._body_limits)
+        refusal = self._refusal(request)
+        if refusal is not None:
+            status, extra = refusal
+            exchange.fail(status, extra)
+            exchange.close_if_body_never_sent()
+            if status == 413:
+                exchange.keep_alive = False
+            if self._stats is not None:
+                self._stats.observe(request.method, status, 0.0)
+            return KEEP_ALIVE if exchange.keep_alive else CLOSE
         if self._ending_streams:
             exchange.end_listening()
         request.exchange = exchange
@@ -255,6 +347,30 @@ class AppServer:
             exchange.recorded = True
             self._completed(exchange)  # no response reached the client
         return KEEP_ALIVE if exchange.keep_alive and exchange.complete else CLOSE
+
+    def _refusal(self, request: AsgiRequest) -> tuple[int, list[tuple[bytes, bytes]]] | None:
+        """Refuse a request before the app sees it: overload (503) or a body too large (413)."""
+        limit = self._config.max_requests_in_flight
+        if limit and len(self._active) >= limit:
+            logger.warning(
+                "refusing %s %s: %d requests in flight (server.max_requests_in_flight)",
+                request.method,
+                request.path,
+                len(self._active),
+            )
+            return 503, [(b"retry-after", b"1")]
+        max_body = self._config.max_body_size
+        length = request.content_length
+        if max_body and length is not None and length > max_body:
+            logger.info(
+                "refusing %s %s: content-length %d exceeds server.max_body_size (%d)",
+                request.method,
+                request.path,
+                length,
+                max_body,
+            )
+            return 413, []
+        return None
 
     def _completed(self, exchange: HttpExchange) -> None:
         """Count the request and write its access log line, as its response completes.

@@ -63,6 +63,28 @@ class ServerConfig:
         "", "PEM certificate (chain) for TLS on the app port; empty: plain HTTP."
     )
     tls_keyfile: str = _opt("", "PEM private key for `tls_certfile`.")
+    max_request_line: int = _opt(
+        8190, "Longest request line (method, target, version) in bytes; longer: 400.", min=64
+    )
+    max_header_size: int = _opt(8190, "Longest single header line in bytes; longer: 400.", min=64)
+    max_headers: int = _opt(100, "Most header lines in one request; more: 400.", min=1)
+    max_body_size: int = _opt(
+        100 * 1024 * 1024,
+        "Largest request body in bytes (413 before the app reads past it); 0: no limit.",
+        min=0,
+    )
+    max_connections: int = _opt(
+        4096, "Open connections on the app port; beyond: 503 and close. 0: no limit.", min=0
+    )
+    max_requests_in_flight: int = _opt(
+        1024, "Requests handled at once; beyond: 503 with Retry-After. 0: no limit.", min=0
+    )
+    header_timeout: float = _opt(
+        30.0, "Seconds a new connection gets to send a complete request head.", min=0
+    )
+    body_timeout: float = _opt(
+        60.0, "Seconds the app may wait for the next piece of a request body.", min=0
+    )
     ws_ping_interval: float = _opt(
         20.0,
         "Seconds between WebSocket pings; a peer that does not answer within half of it "

@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import cast
@@ -102,6 +103,17 @@ class AsgiRequest(BaseRequest):
             self.exchange.disconnect()
 
 
+@dataclass(frozen=True)
+class BodyLimits:
+    """Request body limits from ``server.max_body_size`` and ``server.body_timeout``."""
+
+    max_size: int = 0  # bytes; 0: no limit
+    read_timeout: float = 0.0  # seconds between pieces of body; 0: no limit
+
+
+NO_LIMITS = BodyLimits()
+
+
 class InvalidResponseError(ValueError):
     """The app's response cannot be sent as it is (bad header bytes or length)."""
 
@@ -117,7 +129,9 @@ class HttpExchange:
         "_disconnect_waiter",
         "_ending",
         "_headers",
+        "_limits",
         "_no_body",
+        "_received",
         "_request",
         "_sent",
         "_version",
@@ -131,8 +145,16 @@ class HttpExchange:
         "status",
     )
 
-    def __init__(self, request: AsgiRequest, version: str, keep_alive: bool) -> None:
+    def __init__(
+        self,
+        request: AsgiRequest,
+        version: str,
+        keep_alive: bool,
+        limits: BodyLimits = NO_LIMITS,
+    ) -> None:
         self._request = request
+        self._limits = limits
+        self._received = 0
         self._version = version
         self._body_done = False
         self._disconnect_waiter: asyncio.Future[None] | None = None
@@ -183,10 +205,34 @@ class HttpExchange:
             if not self._continued:
                 self._continued = True
                 self._answer_expect_continue()
+            limits = self._limits
             try:
-                chunk = await content.readany()
+                if limits.read_timeout:
+                    async with asyncio.timeout(limits.read_timeout):
+                        chunk = await content.readany()
+                else:
+                    chunk = await content.readany()
+            except TimeoutError:
+                logger.info(
+                    "%s %s: no request body data for %gs (server.body_timeout); closing",
+                    request.method,
+                    request.path,
+                    limits.read_timeout,
+                )
+                self._refuse_body(408)
+                return {"type": "http.disconnect"}
             except Exception:  # the connection was lost while reading the body
                 self.disconnect()
+                return {"type": "http.disconnect"}
+            self._received += len(chunk)
+            if limits.max_size and self._received > limits.max_size:
+                logger.info(
+                    "%s %s: request body passed server.max_body_size (%d bytes); closing",
+                    request.method,
+                    request.path,
+                    limits.max_size,
+                )
+                self._refuse_body(413)
                 return {"type": "http.disconnect"}
             more = not content.at_eof()
             self._body_done = not more
@@ -209,6 +255,19 @@ class HttpExchange:
         transport = self._request.transport
         if expect is not None and expect.lower() == "100-continue" and transport is not None:
             transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _refuse_body(self, status: int) -> None:
+        """Stop reading a body that broke a limit: answer ``status`` if possible, then close.
+
+        The app is told the client is gone (``http.disconnect``, and ``send()`` fails), so
+        it stops waiting for the rest; the connection cannot be reused mid-body.
+        """
+        self._body_done = True
+        if not self.started:
+            self.fail(status)
+        self.keep_alive = False
+        self.disconnect()
+        self._request.protocol.force_close()
 
     def close_if_body_never_sent(self) -> None:
         """Close at once when the client is still waiting for ``100 Continue``.
@@ -332,7 +391,7 @@ class HttpExchange:
         """Tell whether the server ended this exchange (``end_listening``) while stopping."""
         return self._ending
 
-    def fail(self, status: int = 500) -> None:
+    def fail(self, status: int = 500, extra: list[tuple[bytes, bytes]] | None = None) -> None:
         """Answer ``status`` when nothing was sent yet; otherwise cut the connection.
 
         A response that already started cannot be turned into an error, and ending it
@@ -346,7 +405,7 @@ class HttpExchange:
             return
         body = HTTPStatus(status).phrase.encode("ascii")
         self.status = status
-        self._headers = list(ERROR_HEADERS)
+        self._headers = [*ERROR_HEADERS, *(extra or ())]
         self._declared = None
         self._chunked = False
         self.started = True
