@@ -43,13 +43,6 @@ logger = logging.getLogger("sidecar.app")
 access_logger = logging.getLogger("sidecar.access")
 
 
-# Written straight to a connection refused for overload, before any request is read.
-_OVERLOADED = (
-    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    b"content-length: 19\r\nretry-after: 1\r\nconnection: close\r\n\r\nService Unavailable"
-)
-
-
 class _GuardedServer(web.Server):
     """aiohttp's low-level server, with a connection cap and a deadline for the first head.
 
@@ -69,6 +62,10 @@ class _GuardedServer(web.Server):
         self._max_connections = max_connections
         self._header_timeout = header_timeout
         self._head_timers: dict[RequestHandler, asyncio.TimerHandle] = {}
+        # Connections opened beyond max_connections: their first request is answered 503
+        # and the connection closed. Answering after reading the request (rather than at
+        # once) lets the client read the 503 instead of a reset.
+        self._over_cap: set[RequestHandler] = set()
         #: Connections refused because ``max_connections`` were open.
         self.refused = 0
         #: Connections closed because no complete request head arrived in time.
@@ -78,9 +75,7 @@ class _GuardedServer(web.Server):
         super().connection_made(handler, transport)
         if self._max_connections and len(self.connections) > self._max_connections:
             self.refused += 1
-            transport.write(_OVERLOADED)
-            handler.force_close()
-            return
+            self._over_cap.add(handler)
         if self._header_timeout:
             loop = asyncio.get_running_loop()
             self._head_timers[handler] = loop.call_later(
@@ -91,13 +86,15 @@ class _GuardedServer(web.Server):
         timer = self._head_timers.pop(handler, None)
         if timer is not None:
             timer.cancel()
+        self._over_cap.discard(handler)
         super().connection_lost(handler, exc)
 
-    def head_received(self, handler: RequestHandler) -> None:
-        """Stop the head deadline: a complete request arrived on this connection."""
+    def head_received(self, handler: RequestHandler) -> bool:
+        """Stop the head deadline; tell whether the connection is over the cap."""
         timer = self._head_timers.pop(handler, None)
         if timer is not None:
             timer.cancel()
+        return handler in self._over_cap
 
     def _head_timed_out(self, handler: RequestHandler) -> None:
         self._head_timers.pop(handler, None)
@@ -290,11 +287,10 @@ class AppServer:
         if message.upgrade and message.headers.get("Upgrade", "").lower() == "websocket":
             return await self._handle_websocket(request, version)
         web_server = self._web_server
-        if web_server is not None:
-            web_server.head_received(request.protocol)
-        keep_alive = not message.should_close and not self._closing
+        over_cap = web_server is not None and web_server.head_received(request.protocol)
+        keep_alive = not message.should_close and not self._closing and not over_cap
         exchange = HttpExchange(request, version, keep_alive, self._body_limits)
-        refusal = self._refusal(request)
+        refusal = self._refusal(request, over_cap)
         if refusal is not None:
             status, extra = refusal
             exchange.fail(status, extra)
@@ -348,8 +344,18 @@ class AppServer:
             self._completed(exchange)  # no response reached the client
         return KEEP_ALIVE if exchange.keep_alive and exchange.complete else CLOSE
 
-    def _refusal(self, request: AsgiRequest) -> tuple[int, list[tuple[bytes, bytes]]] | None:
+    def _refusal(
+        self, request: AsgiRequest, over_cap: bool
+    ) -> tuple[int, list[tuple[bytes, bytes]]] | None:
         """Refuse a request before the app sees it: overload (503) or a body too large (413)."""
+        if over_cap:
+            logger.warning(
+                "refusing %s %s: more than %d connections open (server.max_connections)",
+                request.method,
+                request.path,
+                self._config.max_connections,
+            )
+            return 503, [(b"retry-after", b"1")]
         limit = self._config.max_requests_in_flight
         if limit and len(self._active) >= limit:
             logger.warning(

@@ -426,3 +426,43 @@ async def whoami(scope: Scope, receive: Receive, send: Send) -> None:
     host = dict(scope["headers"]).get(b"host", b"").decode()
     document = {"client": scope["client"], "scheme": scope["scheme"], "host": host}
     await respond(send, body=json.dumps(document).encode())
+
+
+class ScopeChecker:
+    """Check every HTTP scope against the ASGI spec; record violations instead of raising."""
+
+    def __init__(self) -> None:
+        self.violations: list[str] = []
+        self.calls = 0
+
+    def _check(self, scope: Scope) -> None:
+        problems = []
+        if scope.get("type") != "http":
+            problems.append(f"type {scope.get('type')!r}")
+        if not isinstance(scope.get("method"), str) or not scope["method"].isupper():
+            problems.append(f"method {scope.get('method')!r}")
+        if scope.get("http_version") not in ("1.0", "1.1"):
+            problems.append(f"http_version {scope.get('http_version')!r}")
+        if not isinstance(scope.get("path"), str) or not scope["path"].startswith("/"):
+            problems.append(f"path {scope.get('path')!r}")
+        for key in ("raw_path", "query_string"):
+            if not isinstance(scope.get(key), bytes):
+                problems.append(f"{key} {scope.get(key)!r}")
+        for name, value in scope.get("headers", []):
+            if not isinstance(name, bytes) or not isinstance(value, bytes) or name != name.lower():
+                problems.append(f"header {name!r}: {value!r}")
+            if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name:
+                problems.append(f"line break in header {name!r}")
+        if problems:
+            self.violations.append("; ".join(problems))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            raise ValueError("no lifespan here")
+        self.calls += 1
+        self._check(scope)
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect" or not message.get("more_body"):
+                break
+        await respond(send)
