@@ -25,6 +25,10 @@ from .state import Check, Lifecycle
 
 logger = logging.getLogger("sidecar.admin")
 
+_FORMATS = {
+    "text": "text/plain; version=0.0.4",
+    "openmetrics": "application/openmetrics-text; version=1.0.0",
+}
 _PROBES = {"/livez": "livez", "/readyz": "readyz", "/startupz": "startupz"}
 
 
@@ -182,7 +186,10 @@ class AdminServer:
         return web.Response(text="drained\n", headers={"Cache-Control": "no-store"})
 
     async def _metrics_handler(self, request: web.Request) -> web.Response:
-        body, content_type = self._metrics.render(request.headers.get("Accept"))
+        # ?format=text|openmetrics overrides the Accept header, for scrapers that cannot
+        # choose (Prometheus before 2.49 always prefers OpenMetrics) and for people.
+        accept = _FORMATS.get(request.query.get("format", ""), request.headers.get("Accept"))
+        body, content_type = self._metrics.render(accept)
         return web.Response(body=body, headers={"Content-Type": content_type})
 
 

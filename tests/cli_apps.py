@@ -52,3 +52,21 @@ class _Container:
 
 
 container = _Container()
+
+
+_attempts = {"count": 0}
+
+
+async def fails_twice(scope: Any, receive: Any, send: Any) -> None:
+    """Fail lifespan startup twice, then succeed (for the startup_attempts scrape test)."""
+    if scope["type"] == "lifespan":
+        await receive()
+        _attempts["count"] += 1
+        if _attempts["count"] <= 2:
+            await send({"type": "lifespan.startup.failed", "message": "not yet"})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await respond(send)

@@ -163,3 +163,14 @@ def test_websocket_gauge(run_sidecar: Any) -> None:
 
     asyncio.run(talk())
     assert seen["open"] == 1
+
+
+def test_format_parameter_overrides_accept(run_sidecar: Any) -> None:
+    running = run_sidecar(apps.lifespan_app())
+    reply = fetch(running.admin("/metrics?format=openmetrics"))
+    assert reply.headers["content-type"].startswith("application/openmetrics-text")
+    reply = fetch(
+        running.admin("/metrics?format=text"),
+        headers={"Accept": "application/openmetrics-text; version=1.0.0"},
+    )
+    assert reply.headers["content-type"].startswith("text/plain; version=0.0.4")
