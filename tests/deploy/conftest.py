@@ -167,11 +167,22 @@ def _load_values(path: Path) -> dict[str, Any]:
     return values
 
 
-#: The values matrix: the chart's defaults, then every file in ci/ (chart-testing's convention,
-#: so `ct lint` and `ct install` use the same cases).
-VALUES_CASES: dict[str, dict[str, Any]] = {"default": {}} | {
-    path.name.removesuffix("-values.yaml"): _load_values(path) for path in _ci_values_files()
+#: Cases that render but cannot be installed as they are, so they stay out of ci/ (where
+#: `ct install` would use them): an existing Secret must exist before the pods can start.
+RENDER_ONLY_CASES: dict[str, dict[str, Any]] = {
+    "admin-existing-secret": {
+        "adminAuth": {"existingSecret": "my-app-admin", "existingSecretKey": "bearer"},
+        "config": {"admin": {"allow_from": "10.0.0.0/8"}},
+    },
 }
+
+#: The values matrix: the chart's defaults, then every file in ci/ (chart-testing's convention,
+#: so `ct lint` and `ct install` use the same cases), then RENDER_ONLY_CASES.
+VALUES_CASES: dict[str, dict[str, Any]] = (
+    {"default": {}}
+    | {path.name.removesuffix("-values.yaml"): _load_values(path) for path in _ci_values_files()}
+    | RENDER_ONLY_CASES
+)
 
 
 @pytest.fixture(params=sorted(VALUES_CASES), scope="session")
