@@ -10,7 +10,14 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
 import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -480,6 +487,29 @@ def test_default_render_drains_with_exec_and_a_generated_secret(chart_helm, vali
     assert first.deployment == second.deployment
 
 
+def test_generated_token_is_kept_on_upgrade(fake_cluster):
+    installed = fake_cluster.render()
+    secret = installed.one("Secret", "lifespan-sidecar-admin")
+    assert "/api/v1/namespaces/apps/secrets/lifespan-sidecar-admin" in fake_cluster.requests
+    fake_cluster.add_secret(secret)
+    for _ in range(2):
+        upgraded = fake_cluster.render(upgrade=True)
+        assert upgraded.one("Secret")["data"] == secret["data"]
+    # A Secret without the key (edited by hand) gets a fresh token rather than an empty one.
+    fake_cluster.add_secret({**secret, "data": {}})
+    repaired = _secret_token(fake_cluster.render(upgrade=True).one("Secret"))
+    assert re.fullmatch(r"[A-Za-z0-9]{48}", repaired)
+    assert repaired != _secret_token(secret)
+
+
+def test_inline_token_wins_over_the_one_in_the_cluster(fake_cluster):
+    fake_cluster.add_secret(fake_cluster.render().one("Secret"))
+    token = "an-inline-token-0123456789"
+    upgraded = fake_cluster.render({"adminAuth": {"token": token}}, upgrade=True)
+    assert _secret_token(upgraded.one("Secret")) == token
+    assert token not in json.dumps(upgraded.deployment)  # exec hook: only the Secret has it
+
+
 def test_existing_secret_is_referenced_not_created(chart_helm, validate_k8s):
     values = {"adminAuth": {"existingSecret": "team-admin-token", "existingSecretKey": "bearer"}}
     release = chart_helm.render(values)
@@ -520,6 +550,84 @@ def test_extra_env_still_comes_after_the_token(chart_helm):
     off = chart_helm.render({"adminAuth": {"enabled": False}, "extraEnv": extra})
     assert off.container["env"] == extra
     assert "env" not in chart_helm.render({"adminAuth": {"enabled": False}}).container
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text(encoding="utf-8")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:  # 503 while starting
+            exc.close()
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not turn ready: {log.read_text(encoding='utf-8')}")
+
+
+def test_exec_hook_drains_a_running_sidecar_that_requires_the_token(chart_helm, tmp_path):
+    """Run the rendered hook command against `sidecar run` with the rendered config and the
+    token from the rendered Secret, as the container would."""
+    app_port, admin_port = _free_port(), _free_port()
+    config = {
+        "server": {"port": app_port},
+        "admin": {"port": admin_port},
+        "shutdown": {"drain_delay": 0.3, "graceful_timeout": 1},
+        "lifespan": {"shutdown_timeout": 2},
+    }
+    release = chart_helm.render({"config": config})
+    config_path = tmp_path / "sidecar.yaml"
+    config_path.write_text(release.config_text, encoding="utf-8")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SIDECAR_")}
+    env["SIDECAR_ADMIN_TOKEN"] = _secret_token(release.one("Secret"))
+    env["DEMO_STARTUP_SECONDS"] = "0"
+
+    def argv(command: list[str]) -> list[str]:
+        assert command[0] == "sidecar"
+        mounted = "/etc/sidecar/sidecar.yaml"
+        rest = [str(config_path) if arg == mounted else arg for arg in command[1:]]
+        return [sys.executable, "-m", "sidecar", *rest]
+
+    log_path = tmp_path / "sidecar.log"
+    with log_path.open("w", encoding="utf-8") as log:
+        server = subprocess.Popen(
+            argv(["sidecar", *release.container["args"]]),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_ready(f"http://127.0.0.1:{admin_port}/readyz", server, log_path)
+        hook = release.container["lifecycle"]["preStop"]["exec"]["command"]
+        started = time.monotonic()
+        result = subprocess.run(
+            argv(hook), env=env, capture_output=True, text=True, timeout=30, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "drained"
+        assert time.monotonic() - started >= 0.3  # it returned after the drain delay
+        # Drained: the pod is out of rotation.
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=2)
+        caught.value.close()
+        assert caught.value.code == 503
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 # -- invalid values fail with a clear message ----------------------------------------------------
