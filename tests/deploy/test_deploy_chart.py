@@ -552,6 +552,19 @@ def test_extra_env_still_comes_after_the_token(chart_helm):
     assert "env" not in chart_helm.render({"adminAuth": {"enabled": False}}).container
 
 
+def test_notes_tell_where_the_token_is_or_warn_without_one(chart_helm):
+    notes = chart_helm.render().notes
+    assert "get secret lifespan-sidecar-admin -o jsonpath='{.data.token}' | base64 -d" in notes
+    assert "WARNING: adminAuth.enabled is false" not in notes
+    existing = chart_helm.render({"adminAuth": {"existingSecret": "x", "existingSecretKey": "k"}})
+    assert "get secret x -o jsonpath='{.data.k}'" in existing.notes
+    off = chart_helm.render({"adminAuth": {"enabled": False}}).notes
+    assert "get secret" not in off
+    assert "WARNING: adminAuth.enabled is false and config.admin.allow_from is empty" in off
+    allowed = {"adminAuth": {"enabled": False}, "config": {"admin": {"allow_from": "10.0.0.0/8"}}}
+    assert "WARNING: adminAuth" not in chart_helm.render(allowed).notes
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
