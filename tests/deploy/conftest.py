@@ -16,8 +16,10 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -167,11 +169,22 @@ def _load_values(path: Path) -> dict[str, Any]:
     return values
 
 
-#: The values matrix: the chart's defaults, then every file in ci/ (chart-testing's convention,
-#: so `ct lint` and `ct install` use the same cases).
-VALUES_CASES: dict[str, dict[str, Any]] = {"default": {}} | {
-    path.name.removesuffix("-values.yaml"): _load_values(path) for path in _ci_values_files()
+#: Cases that render but cannot be installed as they are, so they stay out of ci/ (where
+#: `ct install` would use them): an existing Secret must exist before the pods can start.
+RENDER_ONLY_CASES: dict[str, dict[str, Any]] = {
+    "admin-existing-secret": {
+        "adminAuth": {"existingSecret": "my-app-admin", "existingSecretKey": "bearer"},
+        "config": {"admin": {"allow_from": "10.0.0.0/8"}},
+    },
 }
+
+#: The values matrix: the chart's defaults, then every file in ci/ (chart-testing's convention,
+#: so `ct lint` and `ct install` use the same cases), then RENDER_ONLY_CASES.
+VALUES_CASES: dict[str, dict[str, Any]] = (
+    {"default": {}}
+    | {path.name.removesuffix("-values.yaml"): _load_values(path) for path in _ci_values_files()}
+    | RENDER_ONLY_CASES
+)
 
 
 @pytest.fixture(params=sorted(VALUES_CASES), scope="session")
@@ -185,6 +198,94 @@ def values_case(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
 def case_release(chart_helm: Helm, values_case: tuple[str, dict[str, Any]]) -> Release:
     """The release for one case, rendered for a cluster that has prometheus-operator."""
     return chart_helm.render(values_case[1], api_versions=(SERVICE_MONITOR_API,))
+
+
+# -- a cluster for `lookup` -------------------------------------------------------------------
+
+
+class _FakeApiHandler(BaseHTTPRequestHandler):
+    """Answers the few GETs Helm's `lookup` of a Secret makes: discovery of the core group
+    and the Secret itself (404 when absent)."""
+
+    cluster: FakeCluster
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        self.cluster.requests.append(path)
+        parts = path.strip("/").split("/")
+        body: dict[str, Any] | None = None
+        if path == "/api/v1":
+            body = {
+                "kind": "APIResourceList",
+                "groupVersion": "v1",
+                "resources": [
+                    {
+                        "name": "secrets",
+                        "singularName": "secret",
+                        "namespaced": True,
+                        "kind": "Secret",
+                        "verbs": ["get", "list"],
+                    }
+                ],
+            }
+        elif len(parts) == 6 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "secrets":
+            body = self.cluster.secrets.get((parts[3], parts[5]))
+        status = 200 if body is not None else 404
+        if body is None:
+            body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404,
+                    "reason": "NotFound"}  # fmt: skip
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+@dataclass
+class FakeCluster:
+    """A stand-in API server holding Secrets, for renders where `lookup` sees a cluster
+    (as `helm install` and `helm upgrade` do)."""
+
+    chart: helm.Chart
+    url: str = ""
+    secrets: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    requests: list[str] = field(default_factory=list)
+
+    def add_secret(self, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        self.secrets[(meta.get("namespace", NAMESPACE), meta["name"])] = obj
+
+    def render(self, values: dict[str, Any] | None = None, *, upgrade: bool = False) -> Release:
+        with helm.Config(kube_apiserver=self.url, kube_token="test", namespace=NAMESPACE) as cfg:
+            files = cfg.render(
+                self.chart,
+                values or {},
+                name=RELEASE,
+                namespace=NAMESPACE,
+                is_install=not upgrade,
+                is_upgrade=upgrade,
+            )
+        return Release(values=values or {}, files=files)
+
+
+@pytest.fixture
+def fake_cluster(chart_helm: Helm) -> Iterator[FakeCluster]:
+    cluster = FakeCluster(chart=chart_helm.chart)
+    handler = type("Handler", (_FakeApiHandler,), {"cluster": cluster})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    cluster.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield cluster
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 # -- Kubernetes schema validation ------------------------------------------------------------

@@ -7,9 +7,17 @@ ConfigMap), and the optional objects appear exactly when their conditions hold.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import os
 import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +25,7 @@ import helm_python as helm
 import pytest
 import yaml
 
+from sidecar.auth import AdminGuard
 from sidecar.config import SECTIONS, key_specs
 
 CHART_DIR = Path(__file__).resolve().parents[2] / "charts" / "lifespan-sidecar"
@@ -29,6 +38,32 @@ STANDARD_LABELS = {
     "app.kubernetes.io/version",
     "app.kubernetes.io/managed-by",
 }
+
+
+#: adminAuth as values.yaml sets it; a case's values are merged over it.
+ADMIN_AUTH_DEFAULTS: dict[str, Any] = yaml.safe_load(
+    (CHART_DIR / "values.yaml").read_text(encoding="utf-8")
+)["adminAuth"]
+#: The exec preStop hook: `sidecar prestop` with the mounted config file.
+PRESTOP_EXEC = ["sidecar", "prestop", "--config", "/etc/sidecar/sidecar.yaml"]
+#: A caller outside the pod, as the kubelet's httpGet hook is (it comes from the node).
+NODE_ADDRESS = "10.1.2.3"
+
+
+def _admin_auth(values: dict[str, Any]) -> dict[str, Any]:
+    return {**ADMIN_AUTH_DEFAULTS, **values.get("adminAuth", {})}
+
+
+def _admin_secret(release) -> dict[str, Any] | None:
+    """The chart's own admin Secret, if it rendered one."""
+    secrets = release.all("Secret")
+    assert len(secrets) <= 1, [obj["metadata"]["name"] for obj in secrets]
+    return secrets[0] if secrets else None
+
+
+def _secret_token(secret: dict[str, Any]) -> str:
+    assert set(secret["data"]) == {"token"}, secret["data"]
+    return base64.b64decode(secret["data"]["token"], validate=True).decode()
 
 
 def _port(container: dict[str, Any], name: str) -> int:
@@ -103,8 +138,21 @@ def test_pod_is_wired_to_the_effective_config(case_release, case_check):
     assert budget >= _startup_budget_needed(effective, margin)
     assert budget >= effective["lifespan"]["startup_timeout"]
 
-    # preStop drains through the admin port before SIGTERM.
-    assert container["lifecycle"]["preStop"] == {"httpGet": {"path": "/prestop", "port": "admin"}}
+    # preStop drains through the admin port before SIGTERM: by default `sidecar prestop` over
+    # loopback, reading the same config file as `sidecar run`; an httpGet hook carries the
+    # token only when there is one.
+    auth = _admin_auth(values)
+    pre_stop = container["lifecycle"]["preStop"]
+    if auth["preStopHook"] == "exec":
+        assert pre_stop == {"exec": {"command": PRESTOP_EXEC}}
+        assert pre_stop["exec"]["command"][-1] == container["args"][-1]
+    else:
+        expected: dict[str, Any] = {"path": "/prestop", "port": "admin"}
+        if auth["enabled"]:
+            expected["httpHeaders"] = [
+                {"name": "Authorization", "value": f"Bearer {auth['token']}"}
+            ]
+        assert pre_stop == {"httpGet": expected}
 
     # The grace period covers drain + in-flight requests + lifespan shutdown.
     shutdown = (
@@ -126,10 +174,75 @@ def test_pod_is_wired_to_the_effective_config(case_release, case_check):
     assert volumes["config"]["configMap"]["name"] == configmap["metadata"]["name"]
     assert "sidecar.yaml" in configmap["data"]
 
-    # Service links would feed SIDECAR_* variables into the sidecar's settings.
+    # Service links would feed SIDECAR_* variables into the sidecar's settings. The only
+    # SIDECAR_* variable is the chart's own admin token, taken from a Secret.
     assert pod["enableServiceLinks"] is False
-    env_names = {entry["name"] for entry in container.get("env", [])}
-    assert not {name for name in env_names if name.startswith("SIDECAR_")}
+    env = {entry["name"]: entry for entry in container.get("env", [])}
+    sidecar_env = {name for name in env if name.startswith("SIDECAR_")}
+    if auth["enabled"]:
+        assert sidecar_env == {"SIDECAR_ADMIN_TOKEN"}
+        secret = _admin_secret(case_release)
+        name = auth["existingSecret"] or secret["metadata"]["name"]
+        key = auth["existingSecretKey"] if auth["existingSecret"] else "token"
+        assert env["SIDECAR_ADMIN_TOKEN"] == {
+            "name": "SIDECAR_ADMIN_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": name, "key": key}},
+        }
+    else:
+        assert not sidecar_env
+
+
+def test_admin_secret_exists_exactly_when_the_chart_owns_the_token(case_release):
+    auth = _admin_auth(case_release.values)
+    secret = _admin_secret(case_release)
+    if not auth["enabled"] or auth["existingSecret"]:
+        assert secret is None
+        return
+    assert secret["metadata"]["name"] == f"{case_release.deployment['metadata']['name']}-admin"
+    assert secret["type"] == "Opaque"
+    token = _secret_token(secret)
+    if auth["token"]:
+        assert token == auth["token"]
+    else:
+        assert re.fullmatch(r"[A-Za-z0-9]{48}", token), token
+
+
+def test_no_token_in_the_pod_spec_or_config_unless_httpget_asks(case_release):
+    secret = _admin_secret(case_release)
+    if secret is None:
+        return
+    token = _secret_token(secret)
+    encoded = secret["data"]["token"]
+    httpget = _admin_auth(case_release.values)["preStopHook"] == "httpGet"
+    for obj in case_release.objects:
+        if obj is secret:
+            continue
+        text = json.dumps(obj)
+        assert encoded not in text, f"{obj['kind']} holds the base64 token"
+        if obj["kind"] == "Deployment" and httpget:
+            assert text.count(token) == 1  # the Authorization header, nothing else
+        else:
+            assert token not in text, f"{obj['kind']}/{obj['metadata']['name']} holds the token"
+
+
+def test_the_sidecar_accepts_the_prestop_hook_and_refuses_strangers(case_release, case_check):
+    """The hook the chart renders, put to the sidecar's own guard with the pod's settings."""
+    auth = _admin_auth(case_release.values)
+    secret = _admin_secret(case_release)
+    token = _secret_token(secret) if secret else ("from-an-existing-secret" * auth["enabled"])
+    allow_from = case_check.effective["admin"]["allow_from"]
+    guard = AdminGuard(token, allow_from)
+    pre_stop = case_release.container["lifecycle"]["preStop"]
+    if "exec" in pre_stop:
+        assert guard.check("127.0.0.1", None) is None  # `sidecar prestop` runs in the pod
+    else:
+        headers = {h["name"]: h["value"] for h in pre_stop["httpGet"].get("httpHeaders", [])}
+        assert guard.check(NODE_ADDRESS, headers.get("Authorization")) is None
+    if auth["enabled"]:
+        for authorization in (None, "Bearer not-the-token"):
+            refused = guard.check(NODE_ADDRESS, authorization)
+            assert refused is not None, authorization
+            assert refused.status == 401, authorization
 
 
 def test_checksum_annotation_follows_the_config(case_release, config_checksum):
@@ -348,6 +461,188 @@ def test_helm_test_pod_checks_readyz_through_the_metrics_service(chart_helm):
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
 
 
+# -- who may drain the pod ---------------------------------------------------------------------
+
+
+def test_default_render_drains_with_exec_and_a_generated_secret(chart_helm, validate_k8s):
+    first, second = chart_helm.render(), chart_helm.render()
+    for release in (first, second):
+        assert release.container["lifecycle"]["preStop"] == {"exec": {"command": PRESTOP_EXEC}}
+        env = release.container["env"]
+        assert env == [
+            {
+                "name": "SIDECAR_ADMIN_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": "lifespan-sidecar-admin", "key": "token"}},
+            }
+        ]
+        secret = release.one("Secret", "lifespan-sidecar-admin")
+        validate_k8s(secret)
+        token = _secret_token(secret)
+        assert token not in json.dumps(release.deployment)
+        assert secret["data"]["token"] not in json.dumps(release.deployment)
+    # Without a cluster to look the Secret up in, each render draws a new token; the pod
+    # template does not depend on it, so a new token alone never rolls the pods.
+    tokens = {_secret_token(release.one("Secret")) for release in (first, second)}
+    assert len(tokens) == 2
+    assert first.deployment == second.deployment
+
+
+def test_generated_token_is_kept_on_upgrade(fake_cluster):
+    installed = fake_cluster.render()
+    secret = installed.one("Secret", "lifespan-sidecar-admin")
+    assert "/api/v1/namespaces/apps/secrets/lifespan-sidecar-admin" in fake_cluster.requests
+    fake_cluster.add_secret(secret)
+    for _ in range(2):
+        upgraded = fake_cluster.render(upgrade=True)
+        assert upgraded.one("Secret")["data"] == secret["data"]
+    # A Secret without the key (edited by hand) gets a fresh token rather than an empty one.
+    fake_cluster.add_secret({**secret, "data": {}})
+    repaired = _secret_token(fake_cluster.render(upgrade=True).one("Secret"))
+    assert re.fullmatch(r"[A-Za-z0-9]{48}", repaired)
+    assert repaired != _secret_token(secret)
+
+
+def test_inline_token_wins_over_the_one_in_the_cluster(fake_cluster):
+    fake_cluster.add_secret(fake_cluster.render().one("Secret"))
+    token = "an-inline-token-0123456789"
+    upgraded = fake_cluster.render({"adminAuth": {"token": token}}, upgrade=True)
+    assert _secret_token(upgraded.one("Secret")) == token
+    assert token not in json.dumps(upgraded.deployment)  # exec hook: only the Secret has it
+
+
+def test_existing_secret_is_referenced_not_created(chart_helm, validate_k8s):
+    values = {"adminAuth": {"existingSecret": "team-admin-token", "existingSecretKey": "bearer"}}
+    release = chart_helm.render(values)
+    assert "Secret" not in release.kinds()
+    assert release.container["env"][0] == {
+        "name": "SIDECAR_ADMIN_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "team-admin-token", "key": "bearer"}},
+    }
+    assert release.container["lifecycle"]["preStop"] == {"exec": {"command": PRESTOP_EXEC}}
+    validate_k8s(release.deployment)
+
+
+def test_httpget_hook_sends_the_inline_token(chart_helm, validate_k8s):
+    token = "inline-token-for-the-hook-0123456789"
+    release = chart_helm.render({"adminAuth": {"token": token, "preStopHook": "httpGet"}})
+    assert release.container["lifecycle"]["preStop"] == {
+        "httpGet": {
+            "path": "/prestop",
+            "port": "admin",
+            "httpHeaders": [{"name": "Authorization", "value": f"Bearer {token}"}],
+        }
+    }
+    # The sidecar still reads the token from the Secret, which holds the same value.
+    assert _secret_token(release.one("Secret", "lifespan-sidecar-admin")) == token
+    assert release.container["env"][0]["valueFrom"]["secretKeyRef"]["name"] == (
+        "lifespan-sidecar-admin"
+    )
+    validate_k8s(release.deployment)
+
+
+def test_extra_env_still_comes_after_the_token(chart_helm):
+    extra = [{"name": "DEMO_STARTUP_SECONDS", "value": "1"}]
+    release = chart_helm.render({"extraEnv": extra})
+    assert [entry["name"] for entry in release.container["env"]] == [
+        "SIDECAR_ADMIN_TOKEN",
+        "DEMO_STARTUP_SECONDS",
+    ]
+    off = chart_helm.render({"adminAuth": {"enabled": False}, "extraEnv": extra})
+    assert off.container["env"] == extra
+    assert "env" not in chart_helm.render({"adminAuth": {"enabled": False}}).container
+
+
+def test_notes_tell_where_the_token_is_or_warn_without_one(chart_helm):
+    notes = chart_helm.render().notes
+    assert "get secret lifespan-sidecar-admin -o jsonpath='{.data.token}' | base64 -d" in notes
+    assert "WARNING: adminAuth.enabled is false" not in notes
+    existing = chart_helm.render({"adminAuth": {"existingSecret": "x", "existingSecretKey": "k"}})
+    assert "get secret x -o jsonpath='{.data.k}'" in existing.notes
+    off = chart_helm.render({"adminAuth": {"enabled": False}}).notes
+    assert "get secret" not in off
+    assert "WARNING: adminAuth.enabled is false and config.admin.allow_from is empty" in off
+    allowed = {"adminAuth": {"enabled": False}, "config": {"admin": {"allow_from": "10.0.0.0/8"}}}
+    assert "WARNING: adminAuth" not in chart_helm.render(allowed).notes
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text(encoding="utf-8")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:  # 503 while starting
+            exc.close()
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not turn ready: {log.read_text(encoding='utf-8')}")
+
+
+def test_exec_hook_drains_a_running_sidecar_that_requires_the_token(chart_helm, tmp_path):
+    """Run the rendered hook command against `sidecar run` with the rendered config and the
+    token from the rendered Secret, as the container would."""
+    app_port, admin_port = _free_port(), _free_port()
+    config = {
+        "server": {"port": app_port},
+        "admin": {"port": admin_port},
+        "shutdown": {"drain_delay": 0.3, "graceful_timeout": 1},
+        "lifespan": {"shutdown_timeout": 2},
+    }
+    release = chart_helm.render({"config": config})
+    config_path = tmp_path / "sidecar.yaml"
+    config_path.write_text(release.config_text, encoding="utf-8")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SIDECAR_")}
+    env["SIDECAR_ADMIN_TOKEN"] = _secret_token(release.one("Secret"))
+    env["DEMO_STARTUP_SECONDS"] = "0"
+
+    def argv(command: list[str]) -> list[str]:
+        assert command[0] == "sidecar"
+        mounted = "/etc/sidecar/sidecar.yaml"
+        rest = [str(config_path) if arg == mounted else arg for arg in command[1:]]
+        return [sys.executable, "-m", "sidecar", *rest]
+
+    log_path = tmp_path / "sidecar.log"
+    with log_path.open("w", encoding="utf-8") as log:
+        server = subprocess.Popen(
+            argv(["sidecar", *release.container["args"]]),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_ready(f"http://127.0.0.1:{admin_port}/readyz", server, log_path)
+        hook = release.container["lifecycle"]["preStop"]["exec"]["command"]
+        started = time.monotonic()
+        result = subprocess.run(
+            argv(hook), env=env, capture_output=True, text=True, timeout=30, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "drained"
+        assert time.monotonic() - started >= 0.3  # it returned after the drain delay
+        # Drained: the pod is out of rotation.
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=2)
+        caught.value.close()
+        assert caught.value.code == 503
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
 # -- invalid values fail with a clear message ----------------------------------------------------
 
 INVALID_RENDERS = {
@@ -394,6 +689,36 @@ INVALID_RENDERS = {
         {"podDisruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}},
         "set minAvailable or maxUnavailable, not both",
     ),
+    "httpGet hook with an existing secret": (
+        {"adminAuth": {"preStopHook": "httpGet", "existingSecret": "team-admin-token"}},
+        "adminAuth.preStopHook=httpGet needs the admin token in the hook's Authorization "
+        'header, but the token is in adminAuth.existingSecret "team-admin-token", which the '
+        "chart cannot read",
+    ),
+    "httpGet hook with a generated token": (
+        {"adminAuth": {"preStopHook": "httpGet"}},
+        "adminAuth.preStopHook=httpGet needs the admin token in the hook's Authorization "
+        "header, but adminAuth.token is empty",
+    ),
+    "inline token and existing secret": (
+        {"adminAuth": {"token": "an-inline-token-0123456789", "existingSecret": "x"}},
+        "adminAuth.token and adminAuth.existingSecret are both set",
+    ),
+    "token in the config map": (
+        {"config": {"admin": {"token": "a-token-in-a-configmap"}}},
+        "config.admin.token is set: the ConfigMap would hold the token in plain text",
+    ),
+    "token file next to adminAuth": (
+        {"config": {"admin": {"token_file": "/etc/admin/token"}}},
+        "config.admin.token_file is set while adminAuth.enabled is true",
+    ),
+    "SIDECAR_ADMIN_TOKEN in extraEnv": (
+        {
+            "adminAuth": {"enabled": False},
+            "extraEnv": [{"name": "SIDECAR_ADMIN_TOKEN", "value": "x"}],
+        },
+        "extraEnv sets SIDECAR_ADMIN_TOKEN: the chart passes the admin token itself; use adminAuth",
+    ),
 }
 
 
@@ -427,6 +752,25 @@ INVALID_SCHEMA = {
     "negative drain delay": ({"config": {"shutdown": {"drain_delay": -1}}}, "drain_delay"),
     "port out of range": ({"config": {"admin": {"port": 70000}}}, "/config/admin/port"),
     "bad pull policy": ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+    "typo in adminAuth": (
+        {"adminAuth": {"enable": False}},
+        "additional properties 'enable' not allowed",
+    ),
+    "typo in adminAuth's secret key": (
+        {"adminAuth": {"existingSecretkey": "token"}},
+        "additional properties 'existingSecretkey' not allowed",
+    ),
+    "unknown preStop hook": ({"adminAuth": {"preStopHook": "http"}}, "/adminAuth/preStopHook"),
+    "short inline token": ({"adminAuth": {"token": "secret"}}, "/adminAuth/token"),
+    "inline token that breaks the header": (
+        {"adminAuth": {"token": "a token with spaces\nand a newline"}},
+        "/adminAuth/token",
+    ),
+    "adminAuth.enabled as a string": ({"adminAuth": {"enabled": "false"}}, "/adminAuth/enabled"),
+    "existing secret that is no name": (
+        {"adminAuth": {"existingSecret": "My_Secret"}},
+        "/adminAuth/existingSecret",
+    ),
 }
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +76,7 @@ def test_the_plain_set_has_what_kubectl_users_need():
         "ConfigMap",
         "Deployment",
         "PodDisruptionBudget",
+        "Secret",
         "Service",
         "Service",
         "ServiceAccount",
@@ -109,7 +112,19 @@ def _normalized(obj: dict[str, Any]) -> dict[str, Any]:
     if obj["kind"] == "ServiceMonitor":
         # The chart pins the release namespace; a plain ServiceMonitor defaults to its own.
         obj["spec"].pop("namespaceSelector", None)
+    if obj["kind"] == "Secret" and "stringData" in obj:
+        # The plain Secret is written as stringData, so that users can paste a token; the API
+        # server stores it as data, which is what the chart renders.
+        data = obj.setdefault("data", {})
+        for key, value in obj.pop("stringData").items():
+            data[key] = base64.b64encode(value.encode()).decode()
     return obj
+
+
+def _placeholder_token() -> str:
+    secret = _manifest_objects()[("Secret", "lifespan-sidecar-admin")]
+    token: str = secret["stringData"]["token"]
+    return token
 
 
 def _template_labels(obj: dict[str, Any]) -> dict[str, Any]:
@@ -120,9 +135,14 @@ def _template_labels(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_manifests_equal_the_charts_default_render(chart_helm):
-    # The default values, in a cluster with prometheus-operator so the ServiceMonitor renders.
+    # The default values, in a cluster with prometheus-operator so the ServiceMonitor renders,
+    # and with the manifests' placeholder as the admin token: the chart would generate a
+    # random one (test_default_render_is_the_same_with_a_generated_token covers that render).
     release = chart_helm.render(
-        {"metrics": {"serviceMonitor": {"enabled": True}}},
+        {
+            "metrics": {"serviceMonitor": {"enabled": True}},
+            "adminAuth": {"token": _placeholder_token()},
+        },
         api_versions=(SERVICE_MONITOR_API,),
     )
     rendered = {
@@ -136,3 +156,37 @@ def test_manifests_equal_the_charts_default_render(chart_helm):
         # Whole objects: probes, ports, preStop, grace period, config text, security context,
         # selectors, strategy and the checksum all have to match.
         assert plain[key] == obj, f"manifests/ {key} differs from the chart's default render"
+
+
+def test_default_render_is_the_same_with_a_generated_token(chart_helm):
+    """The inline token of the sync test changes the Secret's value and nothing else."""
+    generated = chart_helm.render()
+    inline = chart_helm.render({"adminAuth": {"token": _placeholder_token()}})
+    assert len(generated.objects) == len(inline.objects)
+    for ours, theirs in zip(generated.objects, inline.objects, strict=True):
+        if ours["kind"] == "Secret":
+            ours, theirs = ({**obj, "data": None} for obj in (ours, theirs))
+        assert ours == theirs, ours["kind"]
+
+
+def test_the_token_stays_out_of_the_deployment_and_is_a_marked_placeholder():
+    objects = _manifest_objects()
+    token = _placeholder_token()
+    assert token.startswith("REPLACE-ME"), "a placeholder nobody mistakes for a real token"
+    text = (MANIFESTS_DIR / "secret.yaml").read_text(encoding="utf-8")
+    assert "REPLACE THE PLACEHOLDER BELOW BEFORE APPLYING" in text
+    for key, obj in objects.items():
+        if key != ("Secret", "lifespan-sidecar-admin"):
+            assert token not in json.dumps(obj), key
+    container = objects[("Deployment", "lifespan-sidecar")]["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert container["env"] == [
+        {
+            "name": "SIDECAR_ADMIN_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": "lifespan-sidecar-admin", "key": "token"}},
+        }
+    ]
+    assert container["lifecycle"]["preStop"] == {
+        "exec": {"command": ["sidecar", "prestop", "--config", "/etc/sidecar/sidecar.yaml"]}
+    }

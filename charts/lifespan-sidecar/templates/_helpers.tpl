@@ -167,6 +167,26 @@ sidecar's own exit code 3 and message rather than a kubelet kill.
 {{- end }}
 
 {{/*
+The admin token: the Secret and key the sidecar reads SIDECAR_ADMIN_TOKEN from, either
+adminAuth.existingSecret or the chart's own <fullname>-admin (templates/secret-admin.yaml).
+*/}}
+{{- define "lifespan-sidecar.adminSecretName" -}}
+{{- if .Values.adminAuth.existingSecret }}
+{{- .Values.adminAuth.existingSecret }}
+{{- else }}
+{{- printf "%s-admin" (include "lifespan-sidecar.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "lifespan-sidecar.adminSecretKey" -}}
+{{- if .Values.adminAuth.existingSecret }}
+{{- .Values.adminAuth.existingSecretKey }}
+{{- else -}}
+token
+{{- end }}
+{{- end }}
+
+{{/*
 Checks that fail the render with a message instead of producing a pod that cannot work.
 Included once, from the Deployment.
 */}}
@@ -191,8 +211,30 @@ Included once, from the Deployment.
 {{- if eq (include "lifespan-sidecar.appPort" .) (include "lifespan-sidecar.adminPort" .) }}
 {{- fail (printf "config.server.port and config.admin.port are both %s: give the admin port its own number, e.g. 8081" (include "lifespan-sidecar.appPort" .)) }}
 {{- end }}
+{{- if dig "admin" "token" "" $config }}
+{{- fail "config.admin.token is set: the ConfigMap would hold the token in plain text for anyone who can read ConfigMaps. Leave it out and use adminAuth (a generated Secret, adminAuth.token or adminAuth.existingSecret)" }}
+{{- end }}
+{{- $auth := .Values.adminAuth }}
+{{- if $auth.enabled }}
+{{- if dig "admin" "token_file" "" $config }}
+{{- fail "config.admin.token_file is set while adminAuth.enabled is true: the token from adminAuth (SIDECAR_ADMIN_TOKEN) would silently win. Use one: adminAuth, or adminAuth.enabled=false with your own Secret mounted through extraVolumes" }}
+{{- end }}
+{{- if and $auth.token $auth.existingSecret }}
+{{- fail "adminAuth.token and adminAuth.existingSecret are both set: give the token inline (the chart stores it in a Secret) or name an existing Secret, not both" }}
+{{- end }}
+{{- if eq $auth.preStopHook "httpGet" }}
+{{- if $auth.existingSecret }}
+{{- fail (printf "adminAuth.preStopHook=httpGet needs the admin token in the hook's Authorization header, but the token is in adminAuth.existingSecret %q, which the chart cannot read (the kubelet cannot take a header from a Secret). Use adminAuth.preStopHook=exec (the default: `sidecar prestop` over loopback, no token needed), or give the token inline in adminAuth.token and accept that anyone who can read the pod spec sees it" $auth.existingSecret) }}
+{{- end }}
+{{- if not $auth.token }}
+{{- fail "adminAuth.preStopHook=httpGet needs the admin token in the hook's Authorization header, but adminAuth.token is empty and a generated token would change on every render without cluster access. Use adminAuth.preStopHook=exec (the default: `sidecar prestop` over loopback, no token needed), or set adminAuth.token and accept that anyone who can read the pod spec sees it" }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- range .Values.extraEnv }}
-{{- if hasPrefix "SIDECAR_" .name }}
+{{- if hasPrefix "SIDECAR_ADMIN_TOKEN" .name }}
+{{- fail (printf "extraEnv sets %s: the chart passes the admin token itself; use adminAuth (a generated Secret, adminAuth.token or adminAuth.existingSecret)" .name) }}
+{{- else if hasPrefix "SIDECAR_" .name }}
 {{- fail (printf "extraEnv sets %s: set the matching key under config instead; the chart derives the probes, ports and grace period from config and cannot see environment overrides" .name) }}
 {{- end }}
 {{- end }}
