@@ -191,15 +191,3 @@ class AdminServer:
         accept = _FORMATS.get(request.query.get("format", ""), request.headers.get("Accept"))
         body, content_type = self._metrics.render(accept)
         return web.Response(body=body, headers={"Content-Type": content_type})
-
-
-def admin_url(address: tuple[str, int] | None, path: str = "") -> str:
-    """Build a URL on the admin port for local clients (0.0.0.0 becomes 127.0.0.1)."""
-    if address is None:
-        raise RuntimeError("the admin server is not bound")
-    host, port = address
-    if host in ("0.0.0.0", ""):
-        host = "127.0.0.1"
-    elif ":" in host:
-        host = "[::1]" if host == "::" else f"[{host}]"
-    return f"http://{host}:{port}{path}"

@@ -72,9 +72,14 @@ def _is_loopback(peer: str | None) -> bool:
     if not peer:
         return False
     try:
-        return ipaddress.ip_address(peer).is_loopback
+        address = ipaddress.ip_address(peer)
     except ValueError:
         return False
+    # On a dual-stack socket an IPv4 caller shows up as ::ffff:127.0.0.1, which Python
+    # does not count as loopback by itself.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 def _inside(peer: str | None, networks: tuple[Network, ...]) -> bool:

@@ -168,8 +168,10 @@ def prestop_command(config_path: str | None, admin_port: str | None, timeout: fl
     except ConfigError as exc:
         _config_problems(exc)
     host = config.admin.host
-    if host in ("0.0.0.0", "", "::"):
+    if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
+    elif host == "::":  # may be bound IPv6-only: reach it over IPv6 loopback
+        host = "::1"
     url = f"http://{host}:{config.admin.port}/prestop"
     if ":" in host:
         url = f"http://[{host}]:{config.admin.port}/prestop"

@@ -142,7 +142,7 @@ class Sidecar:
             trigger_task = asyncio.create_task(self._watch(shutdown_trigger))
         try:
             self.admin.start()
-            logger.info("admin endpoints on http://%s:%d", *self._address(self.admin.address))
+            logger.info("admin endpoints on %s", _url(self.admin.address))
             if self.admin.guard.open:
                 logger.info(
                     "/prestop accepts any caller; set admin.token (or admin.allow_from) so "
@@ -168,10 +168,6 @@ class Sidecar:
     async def _watch(self, trigger: ShutdownTrigger) -> None:
         await trigger()
         self._on_shutdown_request(False)
-
-    @staticmethod
-    def _address(address: tuple[str, int] | None) -> tuple[str, int]:
-        return address if address is not None else ("?", 0)
 
     async def _until_stopped(self, awaitable: Awaitable[T]) -> tuple[bool, T | None]:
         """Await ``awaitable`` unless shutdown is requested first; then cancel it.
@@ -275,7 +271,7 @@ class Sidecar:
             raise
         self.metrics.connections_open.set_function(lambda: server.connections_open)
         self.metrics.websocket_connections.set_function(lambda: server.websocket_connections)
-        logger.info("serving the app on http://%s:%d", *self._address(server.address))
+        logger.info("serving the app on %s", _url(server.address))
         self.lifecycle.mark_started()
         self.serving.set()
 
@@ -345,6 +341,13 @@ class Sidecar:
                 )
         finally:
             self.metrics.shutdown_duration.set(loop.time() - began)
+
+
+def _url(address: tuple[str, int] | None) -> str:
+    if address is None:
+        return "http://?"
+    host, port = address
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -219,6 +219,8 @@ def test_token_file_is_read_and_a_missing_one_is_a_config_error(tmp_path: Any) -
         ("tok", "", "203.0.113.9", "bearer  tok ", None),
         ("tok", "", "127.0.0.1", None, None),  # loopback always allowed
         ("tok", "", "::1", None, None),
+        ("tok", "", "::ffff:127.0.0.1", None, None),  # IPv4 loopback on a dual-stack socket
+        ("tok", "", "::ffff:203.0.113.9", None, 401),
         ("", "10.0.0.0/8", "10.1.2.3", None, None),
         ("", "10.0.0.0/8", "203.0.113.9", None, 403),
         ("tok", "10.0.0.0/8", "10.1.2.3", None, 401),  # both rules apply

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -296,3 +297,25 @@ def test_prestop_command_fails_clearly_without_a_sidecar() -> None:
     )
     assert result.returncode == 1
     assert f"could not drain via http://127.0.0.1:{free}/prestop" in result.stderr
+
+
+def test_prestop_command_reaches_an_ipv6_admin_port(cli: Any) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    proc = cli(
+        "run", "cli_apps:slow_startup", "--host", "127.0.0.1", "--port", "0",
+        "--admin-host", "::", "--admin-port", "0", "--drain-delay", "0",
+    )  # fmt: skip
+    proc.wait_line("admin endpoints on")
+    port = proc.lines[-1].rsplit(":", 1)[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "prestop", "--admin-port", port],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+        env={**os.environ, "SIDECAR_ADMIN_HOST": "::"},
+    )
+    assert result.returncode == 0, result.stderr
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0
