@@ -140,11 +140,23 @@ class LoopMonitor:
     # -- the watcher (admin loop) -----------------------------------------------------------
 
     async def watch(self) -> None:
-        """Sample the lag once per heartbeat interval until cancelled."""
-        if not self.enabled:
+        """Log stalls that pass ``stack_dump_after`` until cancelled (on the admin loop).
+
+        Nothing else needs a timer: probes and scrapes compute the lag when asked. And
+        no stall can pass the threshold before the heartbeat is that late, so the watcher
+        sleeps until then, waking about once a second on a healthy loop rather than
+        polling; only during a logged stall does it look every interval for its end.
+        """
+        if not self.enabled or self._dump_after <= 0:
             return
         while True:
-            await asyncio.sleep(self.interval)
+            last = self._last_beat
+            if self._stall_beat is not None or last is None:
+                wait = self.interval
+            else:
+                wait = last + self.interval + self._dump_after - self._clock()
+            # A timer may fire a hair early; never spin on a deadline that just passed.
+            await asyncio.sleep(max(wait, 0.001))
             try:
                 self._tick(self._clock())
             except Exception:  # the watcher must outlive a bug in one tick
@@ -164,7 +176,7 @@ class LoopMonitor:
         late = self._drain(now)
         lag = self.current_lag(now)
         if lag > 0.0:
-            self._window.append((now, lag))
+            self._window.append((now, lag))  # a stall in progress; its heartbeat is late
         last = self._last_beat
         if self._stall_beat is not None:
             if last is not None and last == self._stall_beat:
