@@ -166,6 +166,12 @@ def test_a_stall_under_uvloop_in_the_real_cli(cli: Any) -> None:
 # -- the monitor on its own, on a fake clock ------------------------------------------------
 
 
+def tick(monitor: LoopMonitor, now: float) -> None:
+    """One step of the watcher, as ``watch()`` takes it."""
+    with monitor._lock:
+        monitor._tick(now)
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -186,26 +192,26 @@ def test_lag_stall_length_and_rate_limited_stack_dumps(logs: LogWatch) -> None:
         assert monitor.current_lag() == 0.0
         clock.now += 1.3  # the next heartbeat is 1.2 s overdue
         assert monitor.current_lag() == pytest.approx(1.2)
-        monitor._tick(clock.now)
+        tick(monitor, clock.now)
         assert len(logs.messages("event loop blocked for 1.20s so far; the app")) == 1
         assert "test_loop_monitor.py" in logs.messages("event loop blocked")[0]
         clock.now += 0.2
         monitor._beat()  # the stall ends: this heartbeat was 1.4 s late
-        monitor._tick(clock.now)
+        tick(monitor, clock.now)
         assert logs.messages("responsive again") == [
             "event loop responsive again after a 1.40s stall"
         ]
         assert monitor.longest_recent() == pytest.approx(1.4)
         # A second stall within stack_dump_interval: no dump, and no "responsive" line.
         clock.now += 2.0
-        monitor._tick(clock.now)
+        tick(monitor, clock.now)
         monitor._beat()
-        monitor._tick(clock.now)
+        tick(monitor, clock.now)
         assert len(logs.messages("event loop blocked")) == 1
         assert len(logs.messages("responsive again")) == 1
         # A minute later the next dump says how many stalls went unlogged.
         clock.now += 61.0
-        monitor._tick(clock.now)
+        tick(monitor, clock.now)
         assert "(1 stall(s) since the last dump not shown" in logs.messages("blocked")[-1]
         # The window forgets stalls older than a minute.
         monitor._beat()
