@@ -317,7 +317,8 @@ class CheckScheduler:
             done = asyncio.run_coroutine_threadsafe(self._halt_soon(), loop)
         except RuntimeError:  # the admin loop closed in between
             return
-        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+        # Bounded: a wedged admin thread must not hold up the lifespan shutdown.
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.wrap_future(done), 5.0)
 
     async def _halt_soon(self) -> None:

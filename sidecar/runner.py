@@ -170,9 +170,11 @@ class Sidecar:
                 loop.remove_signal_handler(signum)
             if trigger_task is not None:
                 trigger_task.cancel()
-            await self.checks.stop()
-            self.loop_monitor.stop()
-            self.admin.stop()
+            try:
+                await self.checks.stop()
+            finally:  # even when cancelled while stopping the checks
+                self.loop_monitor.stop()
+                self.admin.stop()
 
     async def _watch(self, trigger: ShutdownTrigger) -> None:
         await trigger()
