@@ -5,6 +5,12 @@ rounds), so drift of the machine affects both alike. Absolute numbers move betwe
 on shared machines; the ratio measured in one run is the figure that counts.
 
     python bench/compare.py [--duration 10] [--rounds 3] [--connections 64]
+
+``--servers`` picks what to compare; ratios are against the first one. Besides
+``uvicorn`` and ``sidecar`` there are sidecar variants that differ only in the
+event-loop heartbeat, to measure what it costs:
+
+    python bench/compare.py --servers sidecar-no-heartbeat sidecar sidecar-heartbeat-1ms
 """
 
 from __future__ import annotations
@@ -57,6 +63,16 @@ def wait_until_answering(port: int, proc: subprocess.Popen[bytes], timeout: floa
     raise RuntimeError("server did not answer in time")
 
 
+# Sidecar variants: the same command with a different heartbeat (default every 0.1 s).
+VARIANTS = {
+    "sidecar": {},
+    "sidecar-no-heartbeat": {"SIDECAR_HEALTH_HEARTBEAT_INTERVAL": "0"},
+    # 100 times the default rate: an upper bound for what the heartbeat can cost.
+    "sidecar-heartbeat-1ms": {"SIDECAR_HEALTH_HEARTBEAT_INTERVAL": "0.001"},
+}
+SERVERS = ("uvicorn", *VARIANTS)
+
+
 def server_command(name: str, port: int) -> list[str]:
     if name == "uvicorn":
         return [
@@ -98,7 +114,7 @@ def run_wrk(port: int, path: str, duration: float, connections: int) -> tuple[fl
 
 def measure(name: str, paths: list[str], args: argparse.Namespace) -> list[Sample]:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **VARIANTS.get(name, {})}
     command = ["taskset", "-c", "0", *server_command(name, port)]
     proc = subprocess.Popen(command, cwd=ROOT, env=env)
     try:
@@ -120,40 +136,50 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--paths", nargs="+", default=["/plain", "/json"])
+    parser.add_argument("--servers", nargs="+", choices=SERVERS, default=["uvicorn", "sidecar"])
     args = parser.parse_args()
+    servers: list[str] = args.servers
+    if len(servers) < 2 or len(set(servers)) != len(servers):
+        parser.error("--servers needs at least two different servers")
     for tool in ("wrk", "taskset"):
         if shutil.which(tool) is None:
             print(f"{tool} is required: apt-get install -y wrk util-linux", file=sys.stderr)
             return 2
 
+    width = max(len(name) for name in servers) + 1
     samples: list[Sample] = []
     for round_number in range(1, args.rounds + 1):
-        for name in ("uvicorn", "sidecar"):
+        for name in servers:
             got = measure(name, args.paths, args)
             samples.extend(got)
             for s in got:
                 print(
-                    f"round {round_number} {name:8} {s.path:7} {s.requests_per_s:9.0f} req/s  "
+                    f"round {round_number} {name:{width}} {s.path:7} "
+                    f"{s.requests_per_s:9.0f} req/s  "
                     f"p50 {s.p50_ms:6.2f} ms  p99 {s.p99_ms:6.2f} ms",
                     flush=True,
                 )
 
-    print(f"\n{'path':8}{'server':9}{'median req/s':>13}{'min':>9}{'max':>9}{'p99 ms':>9}")
+    base = servers[0]
+    print(f"\n{'path':8}{'server':{width}}{'median req/s':>13}{'min':>9}{'max':>9}{'p99 ms':>9}")
     summary = {}
     for path in args.paths:
         medians = {}
-        for name in ("uvicorn", "sidecar"):
+        for name in servers:
             mine = [s for s in samples if s.server == name and s.path == path]
             rates = [s.requests_per_s for s in mine]
             medians[name] = statistics.median(rates)
             p99 = statistics.median(s.p99_ms for s in mine)
             print(
-                f"{path:8}{name:9}{medians[name]:13.0f}{min(rates):9.0f}{max(rates):9.0f}{p99:9.2f}"
+                f"{path:8}{name:{width}}{medians[name]:13.0f}{min(rates):9.0f}"
+                f"{max(rates):9.0f}{p99:9.2f}"
             )
             summary[f"{path} {name}"] = {"median_rps": medians[name], "p99_ms": p99}
-        ratio = medians["sidecar"] / medians["uvicorn"]
-        summary[f"{path} ratio"] = {"sidecar_over_uvicorn": ratio}
-        print(f"{path:8}ratio sidecar/uvicorn: {ratio:.2f}x\n")
+        for name in servers[1:]:
+            ratio = medians[name] / medians[base]
+            summary[f"{path} ratio {name}/{base}"] = {"ratio": ratio}
+            print(f"{path:8}ratio {name}/{base}: {ratio:.3f}x")
+        print()
 
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -4,16 +4,24 @@ The admin server runs its own event loop in its own thread, so the kubelet gets 
 answer even while the app's event loop is busy (a CPU-bound handler, a blocking call),
 and a probe never waits behind app traffic. Kubelet probes time out after 1 s by
 default; every answer here comes from in-memory state and never awaits the app.
+
+The probe surface follows kube-apiserver: ``/livez``, ``/readyz`` and ``/startupz``,
+``/<probe>/<check>`` for one check, ``?exclude=<check>`` (repeatable; ``tag:<tag>``
+excludes a group), ``?verbose``, JSON on ``Accept: application/json``, and
+``/healthz`` as the deprecated name of ``/livez``. The same thread runs the background
+tasks that keep the probes' answers current (the event-loop watcher, the checks).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -29,29 +37,86 @@ _FORMATS = {
     "text": "text/plain; version=0.0.4",
     "openmetrics": "application/openmetrics-text; version=1.0.0",
 }
-_PROBES = {"/livez": "livez", "/readyz": "readyz", "/startupz": "startupz"}
+# Path -> the probe whose checks it answers with; /healthz is kube's deprecated name.
+_PROBES = {"/livez": "livez", "/readyz": "readyz", "/startupz": "startupz", "/healthz": "livez"}
+_HEALTHZ_WARNING = '299 - "/healthz is deprecated; use /livez"'
+
+BackgroundTask = Callable[[], Coroutine[Any, Any, None]]
+
+
+class ProbeSource(Protocol):
+    def checks(self, kind: str) -> list[Check]: ...
+
+
+def _check_line(check: Check) -> str:
+    if check.ok:
+        return f"[+]{check.name} ok"
+    line = f"[-]{check.name} failed: {check.message}"
+    return line if check.critical else line + " (severity warning: not counted)"
+
+
+def _check_document(check: Check) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "name": check.name,
+        "ok": check.ok,
+        "message": check.message,
+        "critical": check.critical,
+    }
+    if check.tags:
+        document["tags"] = list(check.tags)
+    if check.details:
+        document["details"] = dict(check.details)
+    return document
 
 
 def render_checks(
-    kind: str, checks: Sequence[Check], *, verbose: bool, as_json: bool
+    kind: str,
+    checks: Sequence[Check],
+    *,
+    verbose: bool,
+    as_json: bool,
+    warnings: Sequence[str] = (),
 ) -> tuple[int, str, str]:
-    """Return (status, body, content type) for a probe, kube-apiserver style."""
-    ok = all(check.ok for check in checks)
+    """Return (status, body, content type) for a probe, kube-apiserver style.
+
+    Only critical checks decide the status; a failing ``warning`` check is listed
+    with ``[-]`` but the probe still passes.
+    """
+    ok = all(check.ok or not check.critical for check in checks)
     status = 200 if ok else 503
     if as_json:
-        document = {
+        document: dict[str, Any] = {
             "status": "ok" if ok else "failed",
-            "checks": [{"name": c.name, "ok": c.ok, "message": c.message} for c in checks],
+            "checks": [_check_document(c) for c in checks],
         }
+        if warnings:
+            document["warnings"] = list(warnings)
         return status, json.dumps(document), "application/json"
     if not verbose:
         if ok:
             return status, "ok", "text/plain"
-        failed = ", ".join(c.name for c in checks if not c.ok)
+        failed = ", ".join(c.name for c in checks if not c.ok and c.critical)
         return status, f"{kind} check failed: {failed}", "text/plain"
-    lines = [f"[+]{c.name} ok" if c.ok else f"[-]{c.name} failed: {c.message}" for c in checks]
+    lines = [_check_line(c) for c in checks]
+    lines.extend(warnings)
     lines.append(f"{kind} check {'passed' if ok else 'failed'}")
     return status, "\n".join(lines) + "\n", "text/plain"
+
+
+def _exclude(checks: list[Check], excluded: set[str]) -> tuple[list[Check], list[str]]:
+    """Drop excluded checks (by name, or ``tag:<tag>``); return them and the unmatched."""
+    kept, matched = [], set()
+    for check in checks:
+        hits = {
+            item
+            for item in excluded
+            if item == check.name or (item.startswith("tag:") and item[4:] in check.tags)
+        }
+        if hits:
+            matched |= hits
+        else:
+            kept.append(check)
+    return kept, sorted(excluded - matched)
 
 
 def _wants_json(request: web.Request) -> bool:
@@ -67,12 +132,17 @@ class AdminServer:
         config: AdminConfig,
         lifecycle: Lifecycle,
         metrics: Metrics,
+        probes: ProbeSource,
+        *,
+        background: Sequence[BackgroundTask] = (),
         guard: AdminGuard | None = None,
     ) -> None:
         self._config = config
         self.guard = guard if guard is not None else AdminGuard("", "")
         self._lifecycle = lifecycle
         self._metrics = metrics
+        self._probes = probes
+        self._background = tuple(background)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -113,6 +183,7 @@ class AdminServer:
         app = web.Application(handler_args={"access_log": None})
         for path in _PROBES:
             app.router.add_get(path, self._probe)
+            app.router.add_get(path + "/{check}", self._probe)
         app.router.add_get("/prestop", self._prestop)
         app.router.add_post("/prestop", self._prestop)
         app.router.add_get("/metrics", self._metrics_handler)
@@ -131,10 +202,16 @@ class AdminServer:
             ) from exc
         bound = runner.addresses[0]
         self.address = (bound[0], bound[1])
+        tasks = [asyncio.create_task(start()) for start in self._background]
+        for task in tasks:
+            task.add_done_callback(_report_crash)
         self.bound.set()
         try:
             await self._stopped.wait()
         finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await runner.cleanup()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -149,24 +226,51 @@ class AdminServer:
     # -- handlers (run on the admin thread) -----------------------------------------------
 
     async def _probe(self, request: web.Request) -> web.Response:
-        kind = _PROBES[request.path]
-        lifecycle = self._lifecycle
-        if kind == "livez":
-            checks = lifecycle.liveness_checks()
-        elif kind == "readyz":
-            checks = lifecycle.readiness_checks()
+        # The route that matched, e.g. "/readyz/{check}": its first segment is the probe.
+        resource = request.match_info.route.resource
+        if resource is None:  # only system routes (404/405) have none; never this handler
+            raise web.HTTPNotFound()
+        base = "/" + resource.canonical.split("/")[1]
+        kind = base.lstrip("/")  # the name in the answer: healthz stays healthz
+        checks = self._probes.checks(_PROBES[base])
+        headers = {"Cache-Control": "no-store"}
+        if base == "/healthz":
+            headers["Warning"] = _HEALTHZ_WARNING
+        warnings: list[str] = []
+        name = request.match_info.get("check")
+        if name is not None:
+            found = [check for check in checks if check.name == name]
+            if not found:
+                names = ", ".join(check.name for check in checks)
+                return web.Response(
+                    status=404,
+                    text=f"no {kind} check named {name!r}; {kind} checks: {names}\n",
+                    headers=headers,
+                )
+            # Asked for by name, a check decides the answer whatever its severity.
+            checks = [dataclasses.replace(found[0], critical=True)]
         else:
-            checks = lifecycle.startup_checks()
-        verbose = "verbose" in request.query
+            excluded = {
+                part.strip()
+                for value in request.query.getall("exclude", [])
+                for part in value.split(",")
+                if part.strip()
+            }
+            if excluded:
+                checks, unmatched = _exclude(checks, excluded)
+                if unmatched:
+                    quoted = ", ".join(f'"{item}"' for item in unmatched)
+                    warnings.append(
+                        f"warn: some health checks cannot be excluded: no matches for {quoted}"
+                    )
         status, body, content_type = render_checks(
-            kind, checks, verbose=verbose, as_json=_wants_json(request)
+            kind,
+            checks,
+            verbose="verbose" in request.query,
+            as_json=_wants_json(request),
+            warnings=warnings,
         )
-        return web.Response(
-            status=status,
-            text=body,
-            content_type=content_type,
-            headers={"Cache-Control": "no-store"},
-        )
+        return web.Response(status=status, text=body, content_type=content_type, headers=headers)
 
     async def _prestop(self, request: web.Request) -> web.Response:
         denial = self.guard.check(request.remote, request.headers.get("Authorization"))
@@ -191,3 +295,8 @@ class AdminServer:
         accept = _FORMATS.get(request.query.get("format", ""), request.headers.get("Accept"))
         body, content_type = self._metrics.render(accept)
         return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("admin background task failed", exc_info=task.exception())

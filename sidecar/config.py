@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,21 @@ from .errors import ConfigError
 from .proxy import parse_trusted
 
 ENV_PREFIX = "SIDECAR_"
+
+# Check names appear in URLs (/readyz/<check>) and as metric label values, so they are
+# restricted to characters that need no escaping in either.
+CHECK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+CHECK_NAME_FORM = "1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit"
+# Checks the sidecar always reports; a configured or registered check may not reuse them.
+BUILTIN_CHECKS = frozenset({"ping", "startup", "draining", "lifespan", "event-loop"})
+# Defaults of a health check, configured or registered by the app. A dependency that
+# needs more than a second to answer a trivial request is not serving; every 5 s is half
+# the kubelet's default probe period (10 s), so each probe sees a fresh result; one failed
+# run is a blip, two in a row (5-10 s) an outage.
+CHECK_TIMEOUT = 1.0
+CHECK_INTERVAL = 5.0
+CHECK_FAILURE_THRESHOLD = 2
+_TARGET = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -170,6 +186,72 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class HealthCheckConfig:
+    """One entry of ``health.checks``: a check the sidecar runs for the app."""
+
+    name: str = field(metadata={"doc": "Unique check name; `/readyz/<name>` asks for it alone."})
+    type: Literal["tcp", "http", "callable"] = field(
+        metadata={
+            "doc": "`tcp` (connect to host:port), `http` (GET url, 200-399 passes) or "
+            "`callable` (call target; raising or returning False fails)."
+        }
+    )
+    probe: Literal["readiness", "liveness"] = _opt(
+        "readiness", "The probe the check belongs to: `readiness` or `liveness`."
+    )
+    host: str = _opt("", "Host to connect to.", types=("tcp",))
+    port: int = _opt(0, "Port to connect to.", min=1, max=65535, types=("tcp",))
+    url: str = _opt("", "URL to GET, `http://` or `https://`.", types=("http",))
+    target: str = _opt(
+        "", "The function as `module:attribute`, sync or async.", types=("callable",)
+    )
+    timeout: float = _opt(
+        CHECK_TIMEOUT, "Seconds one run may take before it counts as failed.", above=0
+    )
+    interval: float = _opt(
+        CHECK_INTERVAL, "Seconds between the end of one run and the next.", above=0
+    )
+    failure_threshold: int = _opt(
+        CHECK_FAILURE_THRESHOLD,
+        "Consecutive failed runs before the check counts as failed.",
+        min=1,
+    )
+    severity: Literal["critical", "warning"] = _opt(
+        "critical", "`critical` fails the probe; `warning` is reported but never fails it."
+    )
+    tags: tuple[str, ...] = _opt((), "Labels for grouping; `?exclude=tag:<tag>` skips them.")
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    # The kubelet gives up on a probe after 1 s (timeoutSeconds). A loop this far behind
+    # would have failed an in-app probe; the sidecar keeps that verdict and answers in time.
+    ready_max_loop_lag: float = _opt(
+        1.0,
+        "Readiness fails while the app's event loop is this many seconds behind (0: never).",
+        min=0,
+    )
+    # Stuck, not busy: with the kubelet's defaults (period 10 s, failureThreshold 3) a
+    # restart follows 20-30 s after this, so the loop has been blocked for about a minute.
+    live_max_loop_lag: float = _opt(
+        30.0,
+        "Liveness fails once startup completed and the event loop is this many seconds "
+        "behind (0: never).",
+        min=0,
+    )
+    heartbeat_interval: float = _opt(
+        0.1, "Seconds between heartbeats on the app's event loop (0: no loop monitoring).", min=0
+    )
+    stack_dump_after: float = _opt(
+        1.0, "Log the app thread's stack when the loop is blocked this long (0: never).", min=0
+    )
+    stack_dump_interval: float = _opt(60.0, "At most one stack dump per this many seconds.", min=0)
+    checks: tuple[HealthCheckConfig, ...] = _opt(
+        (), "Checks the sidecar runs: a list of mappings (see Health checks)."
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     app: AppConfig = field(default_factory=AppConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -178,10 +260,25 @@ class Config:
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Return the configuration as plain nested dicts (for YAML output)."""
-        return dataclasses.asdict(self)
+        document = dataclasses.asdict(self)
+        # Lists, not tuples (YAML's safe dumper has no tuples), and per check only the
+        # keys that apply to its type, so the output loads back without errors.
+        document["health"]["checks"] = [_check_to_dict(c) for c in self.health.checks]
+        return document
+
+
+def _check_to_dict(check: HealthCheckConfig) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for f in dataclasses.fields(HealthCheckConfig):
+        types = f.metadata.get("types")
+        if types is None or check.type in types:
+            value = getattr(check, f.name)
+            document[f.name] = list(value) if isinstance(value, tuple) else value
+    return document
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -221,25 +318,43 @@ class KeySpec:
                 return f"an integer from {low} to {high}"
             return f"an integer >= {low}" if low is not None else "an integer"
         if self.type is float:
+            if self.bounds.get("above") is not None:
+                return (
+                    f"a number of seconds > {self.bounds['above']:g} (fractions allowed, e.g. 0.5)"
+                )
             return "a number of seconds >= 0 (fractions allowed, e.g. 2.5)"
+        if self.type == tuple[str, ...]:
+            return f"a list of names ({CHECK_NAME_FORM})"
+        if self.type == tuple[HealthCheckConfig, ...]:
+            return (
+                "a list of check mappings, e.g. "
+                "[{name: db, type: tcp, host: db.internal, port: 5432}]"
+            )
         return "a string"
+
+
+def _field_specs(section: str, cls: type[Any]) -> list[KeySpec]:
+    hints = typing.get_type_hints(cls)
+    specs = []
+    for f in dataclasses.fields(cls):
+        bounds = {k: v for k, v in f.metadata.items() if k != "doc"}
+        specs.append(KeySpec(section, f.name, hints[f.name], f.default, f.metadata["doc"], bounds))
+    return specs
 
 
 def key_specs() -> list[KeySpec]:
     """List every configuration key in declaration order."""
-    specs = []
-    for section, cls in SECTIONS.items():
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            bounds = {k: v for k, v in f.metadata.items() if k != "doc"}
-            specs.append(
-                KeySpec(section, f.name, hints[f.name], f.default, f.metadata["doc"], bounds)
-            )
-    return specs
+    return [spec for section, cls in SECTIONS.items() for spec in _field_specs(section, cls)]
+
+
+def check_key_specs() -> list[KeySpec]:
+    """List the keys of one ``health.checks`` entry (section ``health.checks[]``)."""
+    return _field_specs("health.checks[]", HealthCheckConfig)
 
 
 _SPECS = {spec.path: spec for spec in key_specs()}
 _ENV_NAMES = {spec.env: spec for spec in _SPECS.values()}
+_CHECK_SPECS = {spec.name: spec for spec in check_key_specs()}
 
 
 def _did_you_mean(word: str, options: typing.Iterable[str]) -> str:
@@ -248,7 +363,11 @@ def _did_you_mean(word: str, options: typing.Iterable[str]) -> str:
 
 
 class _Invalid(Exception):
-    pass
+    """A value does not fit its key; ``problems`` replaces the generic message if given."""
+
+    def __init__(self, problems: typing.Sequence[str] = ()) -> None:
+        super().__init__()
+        self.problems = list(problems)
 
 
 def _coerce(spec: KeySpec, value: Any, *, from_text: bool) -> Any:
@@ -258,6 +377,16 @@ def _coerce(spec: KeySpec, value: Any, *, from_text: bool) -> Any:
     that still need parsing; YAML values arrive already typed and must match.
     """
     kind = spec.type
+    if kind == tuple[HealthCheckConfig, ...]:
+        return _coerce_checks(spec, value, from_text=from_text)
+    if kind == tuple[str, ...]:
+        if from_text and isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list | tuple) or not all(
+            isinstance(item, str) and CHECK_NAME.fullmatch(item) for item in value
+        ):
+            raise _Invalid
+        return tuple(value)
     if typing.get_origin(kind) is Literal:
         choices = typing.get_args(kind)
         text = value.strip().lower() if from_text and isinstance(value, str) else value
@@ -299,12 +428,115 @@ def _coerce(spec: KeySpec, value: Any, *, from_text: bool) -> Any:
         low, high = spec.bounds.get("min"), spec.bounds.get("max")
         if (low is not None and value < low) or (high is not None and value > high):
             raise _Invalid
+        above = spec.bounds.get("above")
+        if above is not None and value <= above:
+            raise _Invalid
         return value
     if kind is str:
         if not isinstance(value, str):
             raise _Invalid
         return value
     raise TypeError(f"unsupported config type {kind!r} for {spec.path}")  # pragma: no cover
+
+
+def _coerce_checks(spec: KeySpec, value: Any, *, from_text: bool) -> tuple[HealthCheckConfig, ...]:
+    """Validate ``health.checks``; every problem names its item and key, e.g. ``[1].timeout``."""
+    if from_text and isinstance(value, str):
+        # From the environment the list is written in YAML (or JSON, a subset of it).
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise _Invalid from None
+        if value is None:
+            value = []
+    if not isinstance(value, list):
+        raise _Invalid
+    problems: list[str] = []
+    checks: list[HealthCheckConfig] = []
+    first_use: dict[str, str] = {}
+    for index, item in enumerate(value):
+        where = f"{spec.path}[{index}]"
+        count = len(problems)
+        values = _check_values(where, item, problems)
+        name = values.get("name")
+        if isinstance(name, str):
+            if name in first_use:
+                problems.append(
+                    f"duplicate check name {name!r} at {where}.name (also at "
+                    f"{first_use[name]}.name); names are unique across readiness and liveness"
+                )
+            first_use.setdefault(name, where)
+        if len(problems) == count:
+            checks.append(HealthCheckConfig(**values))
+    if problems:
+        raise _Invalid(problems)
+    return tuple(checks)
+
+
+def _check_values(where: str, item: Any, problems: list[str]) -> dict[str, Any]:
+    """Coerce one check's keys, appending every problem found; return the valid values."""
+    if not isinstance(item, dict):
+        problems.append(
+            f"invalid value {item!r} for {where}; expected a mapping with at least "
+            "name and type, e.g. {name: db, type: tcp, host: db.internal, port: 5432}"
+        )
+        return {}
+    values: dict[str, Any] = {}
+    for key, raw in item.items():
+        spec = _CHECK_SPECS.get(str(key))
+        if spec is None:
+            problems.append(
+                f"unknown key {where}.{key}{_did_you_mean(str(key), _CHECK_SPECS)}; "
+                f"keys of a check: {', '.join(_CHECK_SPECS)}"
+            )
+            continue
+        located = dataclasses.replace(spec, section=where)
+        try:
+            values[spec.name] = _coerce(located, raw, from_text=False)
+        except _Invalid:
+            problems.append(
+                f"invalid value {raw!r} for {located.path}; expected {located.expected}"
+            )
+    for required in ("name", "type"):
+        if required not in item:
+            problems.append(f"missing key {where}.{required}; every check needs a name and a type")
+    name = values.get("name")
+    if name is not None and not CHECK_NAME.fullmatch(name):
+        problems.append(f"invalid value {name!r} for {where}.name; expected {CHECK_NAME_FORM}")
+    elif name in BUILTIN_CHECKS:
+        problems.append(
+            f"invalid value {name!r} for {where}.name; it is a built-in check "
+            f"({', '.join(sorted(BUILTIN_CHECKS))}); choose another name"
+        )
+    kind = values.get("type")
+    if kind is not None:
+        for key in item:
+            types = _CHECK_SPECS[key].bounds.get("types") if key in _CHECK_SPECS else None
+            if types is not None and kind not in types:
+                problems.append(
+                    f"key {where}.{key} does not apply to type {kind!r} "
+                    f"(it belongs to type {types[0]!r})"
+                )
+        required_by_type = {"tcp": ("host", "port"), "http": ("url",), "callable": ("target",)}
+        for key in required_by_type[kind]:
+            if key not in item:
+                problems.append(f"missing key {where}.{key} (required for type {kind!r})")
+    url = values.get("url")
+    if url is not None and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", url):
+        problems.append(
+            f"invalid value {url!r} for {where}.url; expected an http:// or https:// URL, "
+            "e.g. http://127.0.0.1:8080/healthz"
+        )
+    target = values.get("target")
+    if target is not None and not _TARGET.fullmatch(target):
+        problems.append(
+            f"invalid value {target!r} for {where}.target; expected the form "
+            "`module:attribute`, e.g. `myproject.health:check_cache`"
+        )
+    host = values.get("host")
+    if host is not None and not host.strip():
+        problems.append(f"invalid value {host!r} for {where}.host; expected a host name or address")
+    return values
 
 
 class _Layer:
@@ -318,10 +550,13 @@ class _Layer:
     def put(self, spec: KeySpec, value: Any, *, from_text: bool, where: str) -> None:
         try:
             self.values[spec.path] = _coerce(spec, value, from_text=from_text)
-        except _Invalid:
-            self.problems.append(
-                f"{where}: invalid value {value!r} for {spec.path}; expected {spec.expected}"
-            )
+        except _Invalid as exc:
+            if exc.problems:
+                self.problems.extend(f"{where}: {problem}" for problem in exc.problems)
+            else:
+                self.problems.append(
+                    f"{where}: invalid value {value!r} for {spec.path}; expected {spec.expected}"
+                )
 
 
 def _file_layer(path: Path, problems: list[str]) -> _Layer:
@@ -478,6 +713,14 @@ def _check_coherence(config: Config, problems: list[str]) -> None:
             f"lifespan.retry_backoff ({config.lifespan.retry_backoff}) is larger than "
             f"lifespan.retry_backoff_max ({config.lifespan.retry_backoff_max}); "
             "expected retry_backoff <= retry_backoff_max"
+        )
+    health = config.health
+    if 0 < health.live_max_loop_lag < health.ready_max_loop_lag:
+        problems.append(
+            f"health.live_max_loop_lag ({health.live_max_loop_lag:g}) is smaller than "
+            f"health.ready_max_loop_lag ({health.ready_max_loop_lag:g}); expected "
+            "live_max_loop_lag >= ready_max_loop_lag (a restart for a stall that readiness "
+            "tolerates), or 0 to turn the liveness check off"
         )
     root = config.server.root_path
     if root and (not root.startswith("/") or root.endswith("/")):

@@ -56,3 +56,11 @@ class UnexpectedMessageError(SidecarError):
 
 class BindError(SidecarError):
     """A listening socket could not be opened (port in use, permission, bad address)."""
+
+
+class CheckRegistrationError(SidecarError, ValueError):
+    """A health check cannot be registered: bad name, duplicate, or invalid settings."""
+
+
+class CheckFailed(SidecarError):
+    """Raise from a health check to fail it with exactly this message (no type name)."""

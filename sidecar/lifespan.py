@@ -47,11 +47,13 @@ class LifespanDriver:
         app: ASGIApp,
         *,
         on_crash: Callable[[str], None] | None = None,
+        state: dict[str, Any] | None = None,
     ) -> None:
         self._config = config
         self._app = app
         self._on_crash = on_crash
-        self.state: dict[str, Any] = {}
+        #: The lifespan scope's ``state``; the runner seeds it with the sidecar's handles.
+        self.state: dict[str, Any] = state if state is not None else {}
         #: ``None`` until known; ``False`` when the app does not speak lifespan.
         self.supported: bool | None = None
         self._stage = _Stage.NEW

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ def parse_target(target: str) -> tuple[str, str]:
     return module, attribute
 
 
-def _import(module_name: str, target: str) -> Any:
+def _import(module_name: str, target: str, what: str = "app") -> Any:
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -36,31 +37,30 @@ def _import(module_name: str, target: str) -> Any:
         if module_name == missing or module_name.startswith(missing + "."):
             raise AppLoadError(
                 "not_found",
-                f"cannot load app {target!r}: module {module_name!r} not found "
+                f"cannot load {what} {target!r}: module {module_name!r} not found "
                 f"(looked in sys.path, starting with {sys.path[0]!r}); "
                 "check the module path and the app_dir setting",
             ) from exc
         raise AppLoadError(
             "import_failed",
-            f"cannot load app {target!r}: importing module {module_name!r} raised "
+            f"cannot load {what} {target!r}: importing module {module_name!r} raised "
             f"{type(exc).__name__}: {exc}",
         ) from exc
     except (Exception, SystemExit) as exc:
         raise AppLoadError(
             "import_failed",
-            f"cannot load app {target!r}: importing module {module_name!r} raised "
+            f"cannot load {what} {target!r}: importing module {module_name!r} raised "
             f"{type(exc).__name__}: {exc}",
         ) from exc
 
 
-def load_app(target: str, *, factory: bool = False, app_dir: str | None = ".") -> ASGIApp:
-    """Import ``target`` and return the ASGI app (calling it first when ``factory``)."""
+def _load_attribute(target: str, what: str, app_dir: str | None) -> Any:
     module_name, attribute = parse_target(target)
     if app_dir is not None:
         directory = str(Path(app_dir).resolve())
         if directory not in sys.path:
             sys.path.insert(0, directory)
-    obj: Any = _import(module_name, target)
+    obj: Any = _import(module_name, target, what)
     walked = module_name
     for part in attribute.split("."):
         try:
@@ -69,10 +69,30 @@ def load_app(target: str, *, factory: bool = False, app_dir: str | None = ".") -
             available = sorted(n for n in dir(obj) if not n.startswith("_"))[:20]
             raise AppLoadError(
                 "attribute",
-                f"cannot load app {target!r}: {walked!r} has no attribute {part!r}"
+                f"cannot load {what} {target!r}: {walked!r} has no attribute {part!r}"
                 + (f"; it has: {', '.join(available)}" if available else ""),
             ) from None
         walked = f"{walked}:{part}" if walked == module_name else f"{walked}.{part}"
+    return obj
+
+
+def load_callable(target: str, *, what: str, app_dir: str | None = ".") -> Callable[[], Any]:
+    """Import ``target`` (``module:attribute``) and return it; it must be callable.
+
+    ``what`` names the thing in error messages, e.g. "health check 'db'".
+    """
+    obj = _load_attribute(target, what, app_dir)
+    if not callable(obj):
+        raise AppLoadError(
+            "not_callable",
+            f"cannot load {what} {target!r}: got a {type(obj).__name__}, which is not callable",
+        )
+    return obj  # type: ignore[no-any-return]
+
+
+def load_app(target: str, *, factory: bool = False, app_dir: str | None = ".") -> ASGIApp:
+    """Import ``target`` and return the ASGI app (calling it first when ``factory``)."""
+    obj = _load_attribute(target, "app", app_dir)
     if factory:
         if not callable(obj):
             raise AppLoadError(

@@ -6,11 +6,12 @@ Metric names and labels are part of the public interface (documented in README.m
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -36,8 +37,26 @@ KNOWN_METHODS = frozenset(
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+# From a busy loop's normal jitter (a millisecond) to a loop stuck for a minute.
+LOOP_LAG_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+# Health checks are pings: a few ms when healthy, up to their timeout (seconds) when not.
+CHECK_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
 def _bucket_label(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
+def _cumulative(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:
+    buckets: list[tuple[str, float]] = []
+    running = 0
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        running += count
+        buckets.append((_bucket_label(bound), running))
+    return buckets
 
 
 class RequestStats(Collector):
@@ -86,16 +105,57 @@ class RequestStats(Collector):
             labels=["method"],
         )
         for method, buckets in sorted(per_method.items()):
-            cumulative, running = [], 0
-            for bound, count in zip((*self._bounds, float("inf")), buckets, strict=True):
-                running += count
-                cumulative.append((_bucket_label(bound), running))
+            cumulative = _cumulative(self._bounds, buckets)
             duration.add_metric([method], cumulative, sum_value=sums.get(method, 0.0))
         yield duration
         yield GaugeMetricFamily(
             "sidecar_http_requests_in_flight",
             "HTTP requests received whose response is not complete yet.",
             value=self.in_flight,
+        )
+
+
+class LoopLagStats(Collector):
+    """Event-loop lag: a histogram of heartbeat delays, the current lag, the longest stall.
+
+    ``observe`` runs on the app's event loop for every heartbeat, so like ``RequestStats``
+    it only updates plain numbers. The two gauges come from ``sampler``, which the loop
+    monitor sets and which is called on the admin thread when scraped. Without a sampler
+    (loop monitoring turned off) nothing is exported.
+    """
+
+    def __init__(self, buckets: Sequence[float] = LOOP_LAG_BUCKETS) -> None:
+        self._bounds = tuple(buckets)
+        self._counts = [0] * (len(self._bounds) + 1)
+        self._sum = 0.0
+        #: Returns (current lag, longest stall in the recent window), in seconds.
+        self.sampler: Callable[[], tuple[float, float]] | None = None
+
+    def observe(self, seconds: float) -> None:
+        self._counts[bisect_left(self._bounds, seconds)] += 1
+        self._sum += seconds
+
+    def collect(self) -> Iterable[Metric]:
+        sampler = self.sampler
+        if sampler is None:
+            return
+        counts, total = list(self._counts), self._sum
+        lag = HistogramMetricFamily(
+            "sidecar_event_loop_lag_seconds",
+            "How late each heartbeat ran on the app's event loop.",
+        )
+        lag.add_metric([], _cumulative(self._bounds, counts), sum_value=total)
+        yield lag
+        current, longest = sampler()
+        yield GaugeMetricFamily(
+            "sidecar_event_loop_current_lag_seconds",
+            "How far behind the app's event loop is now (0 while it keeps up).",
+            value=current,
+        )
+        yield GaugeMetricFamily(
+            "sidecar_event_loop_longest_stall_seconds",
+            "The longest event-loop lag seen in the last minute, including a stall in progress.",
+            value=longest,
         )
 
 
@@ -182,6 +242,30 @@ class Metrics:
         )
         self.requests = RequestStats()
         reg.register(self.requests)
+        self.loop_lag = LoopLagStats()
+        reg.register(self.loop_lag)
+
+        # Check names are bounded: they come from the config and the app's own code,
+        # never from a request.
+        self.check_status = Gauge(
+            "sidecar_health_check_status",
+            "1 while a health check counts as passing, 0 while it counts as failed.",
+            ["check"],
+            registry=reg,
+        )
+        self.check_duration = Histogram(
+            "sidecar_health_check_duration_seconds",
+            "Duration of health check runs (a run that timed out counts its timeout).",
+            ["check"],
+            buckets=CHECK_BUCKETS,
+            registry=reg,
+        )
+        self.check_failures = Counter(
+            "sidecar_health_check_failures_total",
+            "Health check runs that failed (raised, returned False or timed out).",
+            ["check"],
+            registry=reg,
+        )
 
     def set_phase(self, current: str, *, ready: bool) -> None:
         """Set the phase series (exactly one is 1) and the ready gauge."""
@@ -192,6 +276,12 @@ class Metrics:
     def observe_request(self, method: str, status: int, seconds: float) -> None:
         """Count one finished request and record its duration."""
         self.requests.observe(method, status, seconds)
+
+    def forget_check(self, name: str) -> None:
+        """Drop a removed check's series, so a gone check does not look stuck."""
+        for family in (self.check_status, self.check_duration, self.check_failures):
+            with contextlib.suppress(KeyError):  # never recorded
+                family.remove(name)
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """Encode the registry in the format the scraper asked for (text or OpenMetrics)."""

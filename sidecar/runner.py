@@ -2,14 +2,18 @@
 
 Only this module knows every part. The order of a run:
 
-1. admin port up (probes answer from the first moment: live, not started, not ready);
-2. import the app, run lifespan startup (retried with backoff), cancellable by a signal;
+1. the event-loop heartbeat starts on this loop; the admin port comes up with the
+   loop watcher and the check scheduler on its thread (probes answer from the first
+   moment: live, not started, not ready);
+2. import the app and the configured checks, run lifespan startup (retried with
+   backoff), cancellable by a signal; the lifespan state carries the ``HealthChecks``
+   the app registers its checks with;
 3. bind the app port only after startup completed, then report ready;
 4. on SIGTERM/SIGINT (or the injected trigger): not ready, keep serving for what is
    left of the drain delay, close the listener, let in-flight requests finish within
    the graceful timeout; a second signal skips what is left of both waits;
-5. lifespan shutdown, always, once startup completed;
-6. admin port down.
+5. the checks stop, then lifespan shutdown, always, once startup completed;
+6. the heartbeat stops, the admin port goes down.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ from .app_server import AppServer
 from .auth import AdminGuard, load_token
 from .config import Config
 from .errors import AppLoadError, ConfigError, LifespanError
+from .health import STATE_KEY, CheckScheduler, HealthChecks, Probes, activate, config_check
 from .lifespan import LifespanDriver
-from .loader import load_app
+from .loader import load_app, load_callable
+from .loop_monitor import LoopMonitor
 from .metrics import Metrics
 from .state import Lifecycle, Phase, Transition
 from .types import ASGIApp
@@ -63,12 +69,18 @@ class Sidecar:
         )
         self.metrics.set_phase(Phase.STARTING.value, ready=False)
         self.lifecycle.subscribe(self._on_transition)
+        self.loop_monitor = LoopMonitor(config.health, self.metrics.loop_lag)
+        self.checks = CheckScheduler(self.metrics)
+        probes = Probes(config.health, self.lifecycle, self.loop_monitor, self.checks)
         self.admin = AdminServer(
             config.admin,
             self.lifecycle,
             self.metrics,
-            AdminGuard(load_token(config.admin), config.admin.allow_from),
+            probes,
+            background=(self.loop_monitor.watch, self.checks.run),
+            guard=AdminGuard(load_token(config.admin), config.admin.allow_from),
         )
+        self._config_checks_added = False
         self.app_server: AppServer | None = None
         #: Set once the app port is bound and the sidecar reports ready.
         self.serving = threading.Event()
@@ -140,6 +152,8 @@ class Sidecar:
                 installed.append(signum)
         else:
             trigger_task = asyncio.create_task(self._watch(shutdown_trigger))
+        self.checks.attach_app_loop(loop)
+        self.loop_monitor.start(loop)
         try:
             self.admin.start()
             logger.info("admin endpoints on %s", _url(self.admin.address))
@@ -163,7 +177,11 @@ class Sidecar:
                 loop.remove_signal_handler(signum)
             if trigger_task is not None:
                 trigger_task.cancel()
-            self.admin.stop()
+            try:
+                await self.checks.stop()
+            finally:  # even when cancelled while stopping the checks
+                self.loop_monitor.stop()
+                self.admin.stop()
 
     async def _watch(self, trigger: ShutdownTrigger) -> None:
         await trigger()
@@ -202,17 +220,47 @@ class Sidecar:
         self._app = app
         return app
 
+    def _add_config_checks(self) -> None:
+        """Import and schedule ``health.checks`` (once; after the app, from its app_dir)."""
+        if self._config_checks_added:
+            return
+        self._config_checks_added = True
+        app_dir = self.config.app.app_dir
+        for index, spec in enumerate(self.config.health.checks):
+            what = f"health check {spec.name!r} (health.checks[{index}].target)"
+
+            def resolve(target: str, what: str = what) -> Any:
+                return load_callable(target, what=what, app_dir=app_dir)
+
+            try:
+                definition = config_check(spec, resolve)
+            except AppLoadError as exc:
+                self.metrics.startup_failures.labels("import").inc()
+                self.lifecycle.mark_startup_failed(str(exc))
+                self.lifecycle.transition(Phase.FAILED, "a health check could not be loaded")
+                raise
+            self.checks.add(definition)
+
     async def _start_app(self) -> LifespanDriver | None:
         """Import the app and run lifespan startup; ``None`` if shutdown came first."""
         app = self._load()
+        self._add_config_checks()
         config = self.config.lifespan
         loop = asyncio.get_running_loop()
         for attempt in range(1, config.startup_attempts + 1):
-            driver = LifespanDriver(config, app, on_crash=self._on_lifespan_crash)
+            # Each attempt gets its own handle: checks registered by an attempt that
+            # failed go with it. The context variable reaches the lifespan task (it
+            # copies this context), for frameworks whose lifespan cannot see the state.
+            health = HealthChecks(self.checks)
+            activate(health)
+            driver = LifespanDriver(
+                config, app, on_crash=self._on_lifespan_crash, state={STATE_KEY: health}
+            )
             began = loop.time()
             try:
                 finished, _ = await self._until_stopped(driver.startup())
             except LifespanError as exc:
+                health.close()
                 elapsed = loop.time() - began
                 self.metrics.startup_duration.set(elapsed)
                 self.metrics.startup_failures.labels(exc.reason).inc()
@@ -238,8 +286,13 @@ class Sidecar:
                     return None
                 continue
             if not finished:
+                health.close()
                 logger.info("shutdown requested during lifespan startup; startup cancelled")
                 return None
+            # Requests get copies of the app's own state; the handle was for the
+            # lifespan (apps that need it later keep a reference, or health_checks()).
+            if driver.state.get(STATE_KEY) is health:
+                del driver.state[STATE_KEY]
             elapsed = loop.time() - began
             self.metrics.startup_duration.set(elapsed)
             how = "lifespan startup complete" if driver.supported else "started without lifespan"
@@ -320,6 +373,8 @@ class Sidecar:
                 waiter.cancel()
 
     async def _lifespan_shutdown(self, driver: LifespanDriver) -> None:
+        # The app is about to close what its checks use; stop them first.
+        await self.checks.stop()
         loop = asyncio.get_running_loop()
         began = loop.time()
         try:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 
 class Phase(StrEnum):
@@ -35,11 +36,18 @@ class Transition:
 
 @dataclass(frozen=True)
 class Check:
-    """One named probe check, as kube-apiserver prints them under ``?verbose``."""
+    """One named probe check, as kube-apiserver prints them under ``?verbose``.
+
+    A check that is not ``critical`` (severity ``warning``) is reported but does not
+    decide the probe's status. ``details`` go into the JSON answer.
+    """
 
     name: str
     ok: bool
     message: str = "ok"
+    critical: bool = True
+    tags: tuple[str, ...] = ()
+    details: Mapping[str, Any] = field(default_factory=dict)
 
 
 Listener = Callable[[Transition], None]

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from sidecar.types import Message, Receive, Scope, Send
+from sidecar import STATE_KEY, HealthChecks
+from sidecar.types import ASGIApp, Message, Receive, Scope, Send
 
 
 async def respond(send: Send, status: int = 200, body: bytes = b"ok", **extra: Any) -> None:
@@ -466,3 +468,120 @@ class ScopeChecker:
             if message["type"] == "http.disconnect" or not message.get("more_body"):
                 break
         await respond(send)
+
+
+class BlocksLoop:
+    """``/block`` makes a blocking call in an async handler: the whole event loop stops
+    until ``release()``. Every other path answers ``ok``. Lifespan is optional.
+
+    ``during_startup``: the lifespan startup blocks the loop the same way instead.
+    """
+
+    def __init__(self, *, during_startup: bool = False) -> None:
+        self.entered = threading.Event()
+        self._released = threading.Event()
+        self._during_startup = during_startup
+
+    def release(self) -> None:
+        self._released.set()
+
+    def _block(self) -> None:
+        self.entered.set()
+        self._released.wait(30)  # blocking on purpose: no other task runs meanwhile
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await receive()
+            if self._during_startup:
+                self._block()
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["path"] == "/block":
+            self._block()
+        await respond(send)
+
+
+class ScriptedCheck:
+    """A health check whose outcome the test sets; each call is counted and announced.
+
+    ``sync`` and ``run`` (async) fail with ``error`` when it is set. ``hang`` makes
+    ``sync`` block until ``release()`` and ``run`` wait until cancelled.
+    """
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        self.hang = False
+        self.calls = 0
+        self.cancelled = threading.Event()
+        self._released = threading.Event()
+        self._cond = threading.Condition()
+
+    def _begin(self) -> str | None:
+        with self._cond:
+            self.calls += 1
+            self._cond.notify_all()
+            return self.error
+
+    def wait_for_call(self, number: int, timeout: float = 30) -> None:
+        """Wait until call ``number`` has begun (so every earlier one has been recorded)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.calls >= number, timeout):
+                raise AssertionError(f"call {number} never came; {self.calls} so far")
+
+    def release(self) -> None:
+        self._released.set()
+
+    def sync(self) -> None:
+        error = self._begin()
+        if self.hang:
+            self._released.wait(30)
+        if error:
+            raise RuntimeError(error)
+
+    async def run(self) -> None:
+        error = self._begin()
+        if self.hang:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+        if error:
+            raise RuntimeError(error)
+
+
+def registers(
+    register: Callable[[HealthChecks], None], record: dict[str, Any] | None = None
+) -> ASGIApp:
+    """A lifespan app that registers health checks during startup.
+
+    ``register`` receives ``scope["state"]["sidecar.health"]``. Requests answer with the
+    request's state keys as JSON; ``record`` (if given) gets ``"shutdown_began"`` when
+    lifespan shutdown starts.
+    """
+    seen = record if record is not None else {}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await receive()
+            register(scope["state"][STATE_KEY])
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            seen["shutdown_began"] = True
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await respond(send, body=json.dumps(sorted(scope["state"])).encode())
+
+    return app
+
+
+def check_passes() -> bool:
+    """A configured ``callable`` check (sync) that passes."""
+    return True
+
+
+async def check_fails() -> None:
+    """A configured ``callable`` check (async) that fails."""
+    raise ConnectionError("replica is 30s behind")

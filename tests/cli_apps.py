@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from tests.apps import respond
@@ -69,4 +70,14 @@ async def fails_twice(scope: Any, receive: Any, send: Any) -> None:
         await receive()
         await send({"type": "lifespan.shutdown.complete"})
         return
+    await respond(send)
+
+
+async def blocks_loop(scope: Any, receive: Any, send: Any) -> None:
+    """``/block`` blocks the event loop for 1.5 s (a blocking call in an async handler)."""
+    if scope["type"] != "http":
+        raise ValueError("no lifespan here")
+    if scope["path"] == "/block":
+        # Deliberately blocking: the loop stalls and the sidecar must notice.
+        time.sleep(1.5)  # noqa: ASYNC251
     await respond(send)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import http.client
 import json
+import logging
 import os
 import queue
 import re
@@ -204,6 +205,65 @@ def run_sidecar() -> Iterator[Any]:
     for running in started:
         if not running.finished.is_set():
             running.stop(force=True)
+
+
+# -- log records as events --------------------------------------------------------------
+
+
+class LogWatch(logging.Handler):
+    """Collect the sidecar's log records and let a test wait for one."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self._cond = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._cond:
+            self.records.append(record)
+            self._cond.notify_all()
+
+    def mark(self) -> int:
+        """Return a position; ``wait_for(..., after=position)`` ignores earlier records."""
+        with self._cond:
+            return len(self.records)
+
+    def wait_for(self, pattern: str, *, after: int = 0, timeout: float = WAIT) -> str:
+        """Wait for a record whose message matches ``pattern``; return the message."""
+        regex = re.compile(pattern)
+
+        def find() -> str | None:
+            for record in self.records[after:]:
+                message = record.getMessage()
+                if regex.search(message):
+                    return message
+            return None
+
+        with self._cond:
+            if not self._cond.wait_for(lambda: find() is not None, timeout):
+                seen = "\n".join(r.getMessage() for r in self.records[after:])
+                raise AssertionError(f"no log message matching {pattern!r}; saw:\n{seen}")
+            message = find()
+            assert message is not None
+            return message
+
+    def messages(self, pattern: str) -> list[str]:
+        regex = re.compile(pattern)
+        with self._cond:
+            return [r.getMessage() for r in self.records if regex.search(r.getMessage())]
+
+
+@pytest.fixture
+def logs() -> Iterator[LogWatch]:
+    """Record every log message of the ``sidecar`` loggers, debug included."""
+    watch = LogWatch()
+    logger = logging.getLogger("sidecar")
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(watch)
+    yield watch
+    logger.removeHandler(watch)
+    logger.setLevel(level)
 
 
 # -- CLI subprocesses -------------------------------------------------------------------

@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
+from sidecar import HealthChecks
 from sidecar.auth import AdminGuard, load_token
 from sidecar.errors import ConfigError
 from sidecar.state import Phase
 
 from . import apps
-from .conftest import fetch, make_config
+from .conftest import LogWatch, fetch, make_config
 
 
 def probes(running: Any) -> dict[str, int]:
@@ -36,7 +37,7 @@ def test_probes_when_ready(run_sidecar: Any) -> None:
     assert reply.text == "ok"
     assert reply.headers["cache-control"] == "no-store"
     assert fetch(running.admin("/readyz?verbose")).text == (
-        "[+]ping ok\n[+]startup ok\n[+]draining ok\nreadyz check passed\n"
+        "[+]ping ok\n[+]startup ok\n[+]draining ok\n[+]event-loop ok\nreadyz check passed\n"
     )
 
 
@@ -55,7 +56,7 @@ def test_probe_json(run_sidecar: Any) -> None:
     document = reply.json()
     assert document["status"] == "failed"
     names = {check["name"]: check["ok"] for check in document["checks"]}
-    assert names == {"ping": True, "startup": False, "draining": True}
+    assert names == {"ping": True, "startup": False, "draining": True, "event-loop": True}
 
 
 def test_probes_between_startup_attempts_show_the_last_failure(run_sidecar: Any) -> None:
@@ -171,7 +172,9 @@ def test_stopping_phase_fails_readiness_while_requests_finish(run_sidecar: Any) 
     assert running.wait_finished() is None
 
 
-@pytest.mark.parametrize("path", ["/livez", "/readyz", "/startupz", "/metrics"])
+@pytest.mark.parametrize(
+    "path", ["/livez", "/readyz", "/startupz", "/healthz", "/readyz/ping", "/metrics"]
+)
 def test_admin_endpoints_reject_post(run_sidecar: Any, path: str) -> None:
     running = run_sidecar(apps.lifespan_app())
     assert fetch(running.admin(path), "POST").status == 405
@@ -235,3 +238,125 @@ def test_admin_guard(
 ) -> None:
     denial = AdminGuard(token, allow).check(peer, authorization)
     assert (denial.status if denial else None) == status
+
+
+# -- the kube-apiserver probe surface: one check, exclude, /healthz ------------------------
+
+
+def _with_a_failing_db(run_sidecar: Any, logs: LogWatch) -> Any:
+    """A sidecar whose readiness has a failing critical ``db`` and a passing ``queue``,
+    both tagged ``external``."""
+    db, queue = apps.ScriptedCheck(), apps.ScriptedCheck()
+    db.error = "connection refused"
+
+    def register(health: HealthChecks) -> None:
+        health.add_readiness_check(
+            "db", db.sync, interval=0.05, failure_threshold=1, tags=["external"]
+        )
+        health.add_readiness_check("queue", queue.sync, interval=0.05, tags=["external"])
+
+    running = run_sidecar(apps.registers(register))
+    logs.wait_for(r"health check 'db' \(readiness\) failed")
+    logs.wait_for(r"health check 'queue' \(readiness\) passes")
+    return running
+
+
+def test_a_single_check_by_path(run_sidecar: Any, logs: LogWatch) -> None:
+    running = _with_a_failing_db(run_sidecar, logs)
+    reply = fetch(running.admin("/readyz/db"))
+    assert (reply.status, reply.text) == (503, "readyz check failed: db")
+    assert fetch(running.admin("/readyz/db?verbose")).text == (
+        "[-]db failed: RuntimeError: connection refused (1 failure in a row)\nreadyz check failed\n"
+    )
+    assert (fetch(running.admin("/readyz/queue")).status, "ok") == (200, "ok")
+    for path in ("/readyz/ping", "/readyz/event-loop", "/livez/lifespan", "/startupz/startup"):
+        reply = fetch(running.admin(path))
+        assert (reply.status, reply.text) == (200, "ok"), path
+    document = fetch(running.admin("/readyz/db"), headers={"Accept": "application/json"}).json()
+    assert document["status"] == "failed"
+    assert [c["name"] for c in document["checks"]] == ["db"]
+    head = fetch(running.admin("/readyz/db"), "HEAD")
+    assert (head.status, head.body) == (503, b"")
+
+
+def test_an_unknown_check_path_is_404_and_lists_the_checks(
+    run_sidecar: Any, logs: LogWatch
+) -> None:
+    running = _with_a_failing_db(run_sidecar, logs)
+    reply = fetch(running.admin("/readyz/nope"))
+    assert reply.status == 404
+    assert reply.text == (
+        "no readyz check named 'nope'; readyz checks: ping, startup, draining, event-loop, "
+        "db, queue\n"
+    )
+    assert fetch(running.admin("/livez/db")).status == 404  # db is a readiness check
+
+
+def test_exclude_by_name_tag_and_list(run_sidecar: Any, logs: LogWatch) -> None:
+    running = _with_a_failing_db(run_sidecar, logs)
+    assert fetch(running.admin("/readyz")).status == 503
+    assert fetch(running.admin("/readyz?exclude=db")).status == 200
+    verbose = fetch(running.admin("/readyz?exclude=tag:external&verbose")).text
+    assert "db" not in verbose
+    assert "queue" not in verbose
+    assert verbose.endswith("readyz check passed\n")
+    # repeated, and comma-separated
+    assert fetch(running.admin("/readyz?exclude=db&exclude=queue")).status == 200
+    assert fetch(running.admin("/readyz?exclude=db,draining")).status == 200
+    # an exclusion that matches nothing is reported, kube-apiserver style
+    reply = fetch(running.admin("/readyz?exclude=db&exclude=nope&exclude=tag:none&verbose"))
+    assert reply.status == 200
+    assert reply.text.splitlines()[-2:] == [
+        'warn: some health checks cannot be excluded: no matches for "nope", "tag:none"',
+        "readyz check passed",
+    ]
+    document = fetch(
+        running.admin("/readyz?exclude=nope"), headers={"Accept": "application/json"}
+    ).json()
+    assert document["warnings"] == [
+        'warn: some health checks cannot be excluded: no matches for "nope"'
+    ]
+
+
+def test_exclude_makes_a_draining_pod_look_ready_to_a_caller_who_asks(run_sidecar: Any) -> None:
+    running = run_sidecar(apps.lifespan_app())
+    assert fetch(running.admin("/prestop"), "POST").status == 200
+    assert fetch(running.admin("/readyz")).status == 503
+    assert fetch(running.admin("/readyz?exclude=draining")).status == 200
+    assert fetch(running.admin("/readyz/draining")).status == 503
+
+
+def test_healthz_is_a_deprecated_alias_of_livez(run_sidecar: Any) -> None:
+    running = run_sidecar(apps.lifespan_app())
+    healthz, livez = fetch(running.admin("/healthz")), fetch(running.admin("/livez"))
+    assert (healthz.status, healthz.text) == (livez.status, livez.text) == (200, "ok")
+    assert "deprecated" in healthz.headers["warning"]
+    assert "warning" not in livez.headers
+    assert fetch(running.admin("/healthz?verbose")).text == (
+        "[+]ping ok\n[+]lifespan ok\n[+]event-loop ok\nhealthz check passed\n"
+    )
+    assert fetch(running.admin("/healthz/lifespan")).status == 200
+    assert fetch(running.admin("/healthz/startup")).status == 404  # not a liveness check
+    as_json = {"Accept": "application/json"}
+    names = [c["name"] for c in fetch(running.admin("/healthz"), headers=as_json).json()["checks"]]
+    assert names == ["ping", "lifespan", "event-loop"]
+
+
+def test_probe_json_carries_each_checks_details(run_sidecar: Any, logs: LogWatch) -> None:
+    running = _with_a_failing_db(run_sidecar, logs)
+    document = fetch(running.admin("/readyz"), headers={"Accept": "application/json"}).json()
+    checks = {c["name"]: c for c in document["checks"]}
+    assert document["status"] == "failed"
+    assert checks["ping"] == {"name": "ping", "ok": True, "message": "ok", "critical": True}
+    loop = checks["event-loop"]["details"]
+    assert set(loop) == {"lag_s", "max_lag_s", "longest_recent_stall_s", "heartbeat_interval_s"}
+    assert loop["max_lag_s"] == 1.0
+    db = checks["db"]
+    assert db["tags"] == ["external"]
+    assert db["message"] == "RuntimeError: connection refused (1 failure in a row)"
+    assert set(db["details"]) == {
+        "probe", "severity", "source", "status", "last_result", "last_error",
+        "last_duration_s", "last_run_s_ago", "consecutive_failures", "failure_threshold",
+        "runs", "timeout_s", "interval_s",
+    }  # fmt: skip
+    assert db["details"]["last_duration_s"] >= 0

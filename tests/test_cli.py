@@ -260,6 +260,9 @@ def test_readme_first_command_runs_the_demo(cli: Any) -> None:
     assert fetch(proc.app_url + "/echo", "POST", body=b"ping").body == b"ping"
     assert fetch(proc.app_url + "/slow?seconds=0.01").status == 200
     assert fetch(proc.app_url + "/stream").text.count("chunk") == 10
+    assert fetch(proc.app_url + "/block?seconds=0.01").json() == {"slept_s": 0.01}
+    readiness = fetch(proc.admin_url + "/readyz", headers={"Accept": "application/json"})
+    assert "demo-pool" in [check["name"] for check in readiness.json()["checks"]]
     proc.signal(signal.SIGTERM)
     assert proc.wait() == 0
 

@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidecar.config import Config, ConfigError, dump_config, key_specs, load_config
+from sidecar.config import (
+    Config,
+    ConfigError,
+    HealthCheckConfig,
+    check_key_specs,
+    dump_config,
+    key_specs,
+    load_config,
+)
 
 from .conftest import ROOT
 
@@ -108,6 +116,8 @@ def test_every_key_has_an_environment_variable(tmp_path: Path) -> None:
     pem.write_text("not checked here")
     paired = {"SIDECAR_SERVER_TLS_CERTFILE": str(pem), "SIDECAR_SERVER_TLS_KEYFILE": str(pem)}
     for spec in key_specs():
+        if spec.path == "health.checks":  # a list, written in YAML; tested on its own
+            continue
         lowest = max(int(spec.bounds.get("min", 1)), 1)
         samples = {bool: "true", int: str(lowest), float: "1.5", str: "/x"}
         value = SAMPLES.get(spec.path) or samples.get(spec.type, "")
@@ -154,3 +164,151 @@ def test_readme_documents_every_key() -> None:
     for spec in key_specs():
         assert f"`{spec.path}`" in readme, f"{spec.path} missing from README.md"
         assert f"`{spec.env}`" in readme, f"{spec.env} missing from README.md"
+
+
+# -- health.checks: a list of mappings ---------------------------------------------------
+
+_CHECKS = """\
+health:
+  checks:
+    - name: db
+      type: tcp
+      host: db.internal
+      port: 5432
+    - name: search
+      type: http
+      url: http://search:9200/_cluster/health
+      timeout: 0.5
+      interval: 2
+      severity: warning
+      tags: [optional, search]
+    - name: cache
+      type: callable
+      target: myproject.health:check_cache
+      probe: liveness
+      failure_threshold: 5
+"""
+
+
+def test_health_checks_from_the_file(tmp_path: Path) -> None:
+    checks = load_config(path=write(tmp_path, _CHECKS)).health.checks
+    assert checks == (
+        HealthCheckConfig(name="db", type="tcp", host="db.internal", port=5432),
+        HealthCheckConfig(
+            name="search",
+            type="http",
+            url="http://search:9200/_cluster/health",
+            timeout=0.5,
+            interval=2.0,
+            severity="warning",
+            tags=("optional", "search"),
+        ),
+        HealthCheckConfig(
+            name="cache",
+            type="callable",
+            target="myproject.health:check_cache",
+            probe="liveness",
+            failure_threshold=5,
+        ),
+    )
+    assert (checks[0].timeout, checks[0].interval, checks[0].failure_threshold) == (1.0, 5.0, 2)
+
+
+def test_health_checks_from_the_environment_replace_the_file(tmp_path: Path) -> None:
+    config = load_config(
+        path=write(tmp_path, _CHECKS),
+        env={"SIDECAR_HEALTH_CHECKS": "[{name: pg, type: tcp, host: pg, port: 5432}]"},
+    )
+    assert [c.name for c in config.health.checks] == ["pg"]
+    assert load_config(env={"SIDECAR_HEALTH_CHECKS": ""}).health.checks == ()
+    found = problems(env={"SIDECAR_HEALTH_CHECKS": "[{name: pg"})
+    assert found == [
+        "environment SIDECAR_HEALTH_CHECKS: invalid value '[{name: pg' for health.checks; "
+        "expected a list of check mappings, e.g. "
+        "[{name: db, type: tcp, host: db.internal, port: 5432}]"
+    ]
+    found = problems(env={"SIDECAR_HEALTH_CHECKS": '[{"name": "pg", "type": "tcp"}]'})
+    assert "environment SIDECAR_HEALTH_CHECKS: missing key health.checks[0].host" in found[0]
+
+
+def test_health_check_errors_name_the_item_and_key(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+health:
+  checks:
+    - {name: db, type: tcp, host: db, port: 5432, timout: 1}
+    - {name: search, type: http, url: "ftp://search", timeout: 0, port: 80}
+    - {name: db, type: tcp, host: other, port: 70000}
+    - just a string
+    - {name: ping, type: callable, target: "no colon", tags: [ok, "not ok"]}
+    - {type: tcp, severity: fatal, probe: startup}
+    - {name: "bad/name", type: grpc}
+""",
+    )
+    found = [p.removeprefix(f"{path}: ") for p in problems(path=path)]
+    assert found == [
+        "unknown key health.checks[0].timout (did you mean 'timeout'?); keys of a check: "
+        "name, type, probe, host, port, url, target, timeout, interval, failure_threshold, "
+        "severity, tags",
+        "invalid value 0 for health.checks[1].timeout; expected a number of seconds > 0 "
+        "(fractions allowed, e.g. 0.5)",
+        "key health.checks[1].port does not apply to type 'http' (it belongs to type 'tcp')",
+        "invalid value 'ftp://search' for health.checks[1].url; expected an http:// or "
+        "https:// URL, e.g. http://127.0.0.1:8080/healthz",
+        "invalid value 70000 for health.checks[2].port; expected an integer from 1 to 65535",
+        "duplicate check name 'db' at health.checks[2].name (also at health.checks[0].name); "
+        "names are unique across readiness and liveness",
+        "invalid value 'just a string' for health.checks[3]; expected a mapping with at least "
+        "name and type, e.g. {name: db, type: tcp, host: db.internal, port: 5432}",
+        "invalid value ['ok', 'not ok'] for health.checks[4].tags; expected a list of names "
+        "(1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit)",
+        "invalid value 'ping' for health.checks[4].name; it is a built-in check "
+        "(draining, event-loop, lifespan, ping, startup); choose another name",
+        "invalid value 'no colon' for health.checks[4].target; expected the form "
+        "`module:attribute`, e.g. `myproject.health:check_cache`",
+        "invalid value 'fatal' for health.checks[5].severity; expected one of 'critical', "
+        "'warning'",
+        "invalid value 'startup' for health.checks[5].probe; expected one of 'readiness', "
+        "'liveness'",
+        "missing key health.checks[5].name; every check needs a name and a type",
+        "missing key health.checks[5].host (required for type 'tcp')",
+        "missing key health.checks[5].port (required for type 'tcp')",
+        "invalid value 'grpc' for health.checks[6].type; expected one of 'tcp', 'http', 'callable'",
+        "invalid value 'bad/name' for health.checks[6].name; expected 1 to 63 letters, "
+        "digits, '.', '_' or '-', starting with a letter or digit",
+    ]
+
+
+def test_health_checks_must_be_a_list(tmp_path: Path) -> None:
+    found = problems(path=write(tmp_path, "health:\n  checks:\n    name: db\n"))
+    assert "invalid value {'name': 'db'} for health.checks; expected a list" in found[0]
+
+
+def test_loop_lag_limits_must_be_ordered() -> None:
+    found = problems(overrides={"health.ready_max_loop_lag": "2", "health.live_max_loop_lag": "1"})
+    assert found == [
+        "health.live_max_loop_lag (1) is smaller than health.ready_max_loop_lag (2); expected "
+        "live_max_loop_lag >= ready_max_loop_lag (a restart for a stall that readiness "
+        "tolerates), or 0 to turn the liveness check off"
+    ]
+    # 0 turns a check off, so it is never "smaller"
+    load_config(overrides={"health.ready_max_loop_lag": "2", "health.live_max_loop_lag": "0"})
+
+
+def test_health_checks_round_trip_through_check_config_output(tmp_path: Path) -> None:
+    config = load_config(path=write(tmp_path, _CHECKS))
+    dumped = write(tmp_path, dump_config(config))
+    assert load_config(path=dumped) == config
+    document = yaml.safe_load(dumped.read_text())
+    # only the keys of each check's type are written
+    assert "url" not in document["health"]["checks"][0]
+    assert document["health"]["checks"][1]["tags"] == ["optional", "search"]
+
+
+def test_docs_describe_every_key_of_a_check() -> None:
+    readme = (ROOT / "README.md").read_text()
+    example = (ROOT / "sidecar.example.yaml").read_text()
+    for spec in check_key_specs():
+        assert f"`{spec.name}`" in readme, f"health.checks[].{spec.name} missing from README.md"
+        assert f"{spec.name}:" in example, f"health.checks[].{spec.name} missing from the example"

@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from . import apps
@@ -52,15 +52,18 @@ def _send(url: str, data: bytes) -> bytes:
     parts = urlsplit(url)
     assert parts.hostname is not None
     assert parts.port is not None
+    # No half-close: a client that shuts its sending side down would make the server
+    # drop the request. The server ends every exchange itself: the requests ask for
+    # "Connection: close", bad ones get 400 and a close, and incomplete ones are cut by
+    # the fixture's short header and body timeouts.
+    reply = b""
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
         try:
             sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)
-            reply = b""
             while chunk := sock.recv(65536):
                 reply += chunk
         except (ConnectionResetError, BrokenPipeError):
-            reply = b""
+            pass
     return reply
 
 
@@ -73,7 +76,7 @@ def fuzz_target() -> Any:
     checker = apps.ScopeChecker()
     running = Running(
         Sidecar(
-            make_config(server__header_timeout=2, server__body_timeout=2),
+            make_config(server__header_timeout=0.5, server__body_timeout=0.5),
             app=checker,
             process_collectors=False,
         )
@@ -91,21 +94,29 @@ SETTINGS = settings(
 )
 
 
+_ANSWERED_BY_THE_APP: list[bytes] = []
+
+
 @SETTINGS
+@example(data=b"GET /plain HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+@example(data=b"POST /p HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc")
 @given(data=requests())
 def test_generated_requests(fuzz_target: Any, data: bytes) -> None:
     running, checker = fuzz_target
     reply = _send(running.app(), data)
     if reply:
         assert reply.startswith(b"HTTP/1."), reply[:80]
+    if reply.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")):
+        _ANSWERED_BY_THE_APP.append(data)  # only the app answers 200
     assert checker.violations == []
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=80)
 @given(data=st.binary(min_size=1, max_size=300))
 def test_random_bytes(fuzz_target: Any, data: bytes) -> None:
     running, checker = fuzz_target
-    reply = _send(running.app(), data)
+    # ending with an empty line makes most garbage a complete (invalid) head at once
+    reply = _send(running.app(), data + b"\r\n\r\n")
     if reply:
         assert reply.startswith(b"HTTP/1."), reply[:80]
     assert checker.violations == []
@@ -116,4 +127,6 @@ def test_still_serving_after_the_fuzzing(fuzz_target: Any) -> None:
     assert fetch(running.app("/after")).status == 200
     assert fetch(running.admin("/livez")).status == 200
     assert checker.violations == []
-    assert checker.calls > 20  # many generated requests were well-formed and reached the app
+    # every request answered 200 went through the app, and its scope was checked
+    assert len(_ANSWERED_BY_THE_APP) >= 10, len(_ANSWERED_BY_THE_APP)
+    assert checker.calls >= len(_ANSWERED_BY_THE_APP)

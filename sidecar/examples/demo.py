@@ -1,11 +1,14 @@
 """A small pure-ASGI app for trying the sidecar: ``sidecar run sidecar.examples.demo:app``.
 
-Its lifespan takes a moment (like opening a connection pool) and fills ``state``; the
-routes show that state, echo a body, answer slowly and stream.
+Its lifespan takes a moment (like opening a connection pool), fills ``state`` and
+registers a readiness check with the sidecar; the routes show that state, echo a body,
+answer slowly, stream, and block the event loop the way a blocking call in an
+``async def`` handler does.
 
 Routes: ``GET /`` (JSON with the lifespan state), ``GET /slow?seconds=N`` (waits, then
 answers; at most 60 s), ``POST /echo`` (returns the body), ``GET /stream`` (ten chunks,
-0.1 s apart).
+0.1 s apart), ``GET /block?seconds=N`` (blocks the whole event loop; at most 60 s: watch
+``/readyz?verbose`` on the admin port meanwhile).
 """
 
 from __future__ import annotations
@@ -46,8 +49,16 @@ async def _lifespan(scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()
         if message["type"] == "lifespan.startup":
             await asyncio.sleep(STARTUP_SECONDS)
-            scope["state"]["started_at"] = time.time()
-            scope["state"]["greeting"] = "hello from the demo app"
+            state = scope["state"]
+            state["started_at"] = time.time()
+            state["greeting"] = "hello from the demo app"
+
+            async def pool_ping() -> None:  # what a real app does with its pool
+                await asyncio.sleep(0.001)
+
+            health = state.get("sidecar.health")  # absent under other servers
+            if health is not None:
+                health.add_readiness_check("demo-pool", pool_ping)
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
@@ -83,14 +94,18 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
                 "uptime_s": round(time.time() - state.get("started_at", time.time()), 3),
             },
         )
-    elif path == "/slow" and method == "GET":
+    elif path in ("/slow", "/block") and method == "GET":
         query = parse_qs(scope["query_string"].decode("latin-1"))
         try:
-            seconds = min(float(query.get("seconds", ["2"])[0]), 60.0)
+            seconds = max(min(float(query.get("seconds", ["2"])[0]), 60.0), 0.0)
         except ValueError:
             await _respond(send, 400, b"seconds must be a number\n", b"text/plain")
             return
-        await asyncio.sleep(max(seconds, 0.0))
+        if path == "/slow":
+            await asyncio.sleep(seconds)
+        else:
+            # The mistake the sidecar detects: a blocking call stalls every request.
+            time.sleep(seconds)  # noqa: ASYNC251
         await _json(send, 200, {"slept_s": seconds})
     elif path == "/echo" and method == "POST":
         body = await _read_body(receive)

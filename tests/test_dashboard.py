@@ -1,0 +1,70 @@
+"""The Grafana dashboard only queries metrics a live sidecar exports, so it cannot rot."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import yaml
+
+from . import apps
+from .conftest import ROOT, fetch
+from .metrics_util import scrape_samples
+
+DASHBOARD = ROOT / "charts" / "lifespan-sidecar" / "files" / "dashboard.json"
+ALERTS = ROOT / "charts" / "lifespan-sidecar" / "files" / "alerts.yaml"
+# Names that belong to PromQL or to Grafana, not to the sidecar.
+_NOT_METRICS = {"by", "le", "sum", "max", "count", "rate", "increase", "histogram_quantile",
+                "job", "instance", "phase", "code", "reason", "method", "unless", "on",
+                "label_values", "vector", "and", "or"}  # fmt: skip
+
+
+def _metric_names(expr: str) -> set[str]:
+    expr = re.sub(r'"[^"]*"', '""', expr)  # label values are not names
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # nor are ranges
+    return {
+        token
+        for token in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr)
+        if token not in _NOT_METRICS and not token.startswith("__")
+    }
+
+
+def _exported(running: Any) -> set[str]:
+    # traffic, so that labelled families have samples to show
+    fetch(running.app("/"))
+    fetch(running.app("/"), "POST", body=b"x")
+    return {name for name, _ in scrape_samples(fetch(running.admin("/metrics")).text)}
+
+
+def _queries() -> list[str]:
+    document = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for panel in document["panels"] for t in panel.get("targets", [])]
+    exprs += [v["definition"] for v in document["templating"]["list"] if v.get("definition")]
+    return exprs
+
+
+def test_every_dashboard_query_uses_exported_metrics(run_sidecar: Any) -> None:
+    running = run_sidecar(apps.http_only)
+    exported = _exported(running)
+    queries = _queries()
+    assert len(queries) >= 10
+    missing = {name for expr in queries for name in _metric_names(expr)} - exported
+    assert missing == set(), f"the dashboard queries metrics nobody exports: {sorted(missing)}"
+
+
+def test_every_alert_uses_exported_metrics(run_sidecar: Any) -> None:
+    running = run_sidecar(apps.http_only)
+    exported = _exported(running)
+    rules = [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
+    missing = {name for rule in rules for name in _metric_names(rule["expr"])} - exported
+    assert missing == set(), f"alerts query metrics nobody exports: {sorted(missing)}"
+
+
+def test_dashboard_shows_what_operators_need() -> None:
+    titles = {panel["title"] for panel in json.loads(DASHBOARD.read_text())["panels"]}
+    for needed in ("Lifecycle phase per pod", "Startup duration", "Startup failures",
+                   "Ready pods", "Request rate by status", "Latency percentiles",
+                   "Requests in flight", "Event-loop lag", "Drain duration",
+                   "Requests cut at shutdown"):  # fmt: skip
+        assert needed in titles
