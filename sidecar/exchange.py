@@ -241,8 +241,13 @@ class HttpExchange:
         """Answer ``status`` when nothing was sent yet; otherwise cut the connection.
 
         A response that already started cannot be turned into an error, and ending it
-        normally would make a truncated body look complete to the client.
+        normally would make a truncated body look complete to the client. A complete
+        response (the app raised afterwards, in a background task) is left to be
+        delivered: aborting would drop what the transport still buffers.
         """
+        if self.complete:
+            self.keep_alive = False
+            return
         if self.started or self.disconnected:
             self.keep_alive = False
             transport = self._request.transport
