@@ -354,6 +354,11 @@ class HttpExchange:
             data = head + body
         if not more:
             self.complete = True
+            # A receive() already waiting (a task listening for the client to leave, as
+            # Litestar's Stream does) gets http.disconnect now, as a later call would.
+            waiter = self._disconnect_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
             if (
                 not self._no_body
                 and not self._chunked

@@ -6,13 +6,15 @@ tests exercise the same paths end to end, these keep them visible without a fram
 
 from __future__ import annotations
 
+import asyncio
 import http.client
+import queue
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from sidecar.types import Receive, Scope, Send
+from sidecar.types import Message, Receive, Scope, Send
 
 from .conftest import WAIT
 
@@ -48,3 +50,39 @@ def test_exception_after_a_complete_response_does_not_truncate_it(
     assert len(body) == BIG
     running.sync()
     assert "the background task failed" in caplog.text
+
+
+class ListensForDisconnect:
+    """Starts waiting for ``http.disconnect`` before it responds, then waits for that wait.
+
+    Litestar's ``Stream`` response does this; so do apps that cancel work when the client
+    leaves. Once the response is complete, ``receive()`` must return ``http.disconnect``.
+    """
+
+    def __init__(self) -> None:
+        self.events: queue.Queue[Message] = queue.Queue()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()  # the (empty) request body
+        listener = asyncio.ensure_future(receive())
+        await asyncio.sleep(0)  # one loop turn: the listener is now waiting in receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"streamed", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        self.events.put(await listener)
+
+
+def test_receive_waiting_when_the_response_completes_gets_disconnect(run_sidecar: Any) -> None:
+    app = ListensForDisconnect()
+    running = run_sidecar(app)
+    conn = connect(running.app("/"))
+    try:
+        for _ in range(2):  # the second request needs the first app call to have ended
+            conn.request("GET", "/")
+            assert conn.getresponse().read() == b"streamed"
+    finally:
+        conn.close()
+    for _ in range(2):
+        assert app.events.get(timeout=WAIT) == {"type": "http.disconnect"}
