@@ -9,6 +9,7 @@ that closes or returns before accepting gives the client a 403.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from enum import Enum
@@ -50,6 +51,7 @@ class WebSocketSession:
         self._stage = _Stage.CONNECTING
         self._connect_delivered = False
         self._ws: web.WebSocketResponse | None = None
+        self._accepted = asyncio.Event()
         #: The HTTP side of the handshake: denial responses, and disconnects before accept.
         self.handshake = HttpExchange(request, version, keep_alive=False)
         self._server_close_code: int | None = None
@@ -68,9 +70,12 @@ class WebSocketSession:
             return {"type": "websocket.connect"}
         ws = self._ws
         if ws is None:
-            # Not accepted (yet): the only thing that can happen is the client leaving.
-            await self.handshake.receive_disconnect()
-            return self._disconnected(_ABNORMAL, "")
+            # Not accepted (yet): wait for the client to leave, or for the app to accept
+            # from another task (Quart reads messages in a task started before accepting).
+            await self._accepted_or_gone()
+            ws = self._ws
+            if ws is None:
+                return self._disconnected(_ABNORMAL, "")
         if self._stage is _Stage.CLOSED:
             return self._disconnected(self.close_code or _ABNORMAL, "")
         message = await ws.receive()
@@ -89,6 +94,17 @@ class WebSocketSession:
                 return self._disconnected(int(error_code), "")
         code = self._server_close_code or ws.close_code or _ABNORMAL
         return self._disconnected(int(code), "")
+
+    async def _accepted_or_gone(self) -> None:
+        waiters = (
+            asyncio.ensure_future(self._accepted.wait()),
+            asyncio.ensure_future(self.handshake.receive_disconnect()),
+        )
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     def _disconnected(self, code: int, reason: str) -> Message:
         self._stage = _Stage.CLOSED
@@ -147,6 +163,7 @@ class WebSocketSession:
             raise ClientDisconnected("the client left during the handshake") from exc
         self._ws = ws
         self._stage = _Stage.ACCEPTED
+        self._accepted.set()
 
     async def _send_data(self, message: Message) -> None:
         ws = self._ws

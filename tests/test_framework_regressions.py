@@ -12,6 +12,7 @@ import queue
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 
 from sidecar.types import Message, Receive, Scope, Send
@@ -86,3 +87,28 @@ def test_receive_waiting_when_the_response_completes_gets_disconnect(run_sidecar
         conn.close()
     for _ in range(2):
         assert app.events.get(timeout=WAIT) == {"type": "http.disconnect"}
+
+
+async def receives_before_accepting(scope: Scope, receive: Receive, send: Send) -> None:
+    """Reads messages from a task started before ``websocket.accept``, as Quart does."""
+    if scope["type"] != "websocket":
+        return
+    assert (await receive())["type"] == "websocket.connect"
+    first = asyncio.ensure_future(receive())
+    await asyncio.sleep(0)  # one loop turn: the reader is now waiting in receive()
+    await send({"type": "websocket.accept"})
+    message = await first
+    await send({"type": "websocket.send", "text": f"got {message.get('text')}"})
+    await send({"type": "websocket.close", "code": 1000})
+
+
+def test_receive_waiting_before_accept_gets_the_first_message(run_sidecar: Any) -> None:
+    running = run_sidecar(receives_before_accepting)
+    url = running.app("/").replace("http://", "ws://")
+
+    async def talk() -> str:
+        async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+            await ws.send_str("hello")
+            return await ws.receive_str(timeout=WAIT)
+
+    assert asyncio.run(talk()) == "got hello"
