@@ -35,6 +35,9 @@ def test_metrics_values_after_traffic(run_sidecar: Any) -> None:
     assert fetch(running.app("/raise-before")).status == 500
     assert fetch(running.app("/ok"), "POST", body=b"x").status == 200
     assert fetch(running.app("/ok"), "PROPFIND").status == 200
+    # A request is counted right after its response was written, in the same step of the
+    # app's loop: the client can read the response first. Wait for that step to end.
+    running.sync()
     text, content_type = scrape(running)
     assert content_type.startswith("text/plain; version=0.0.4")
     samples = scrape_samples(text)
