@@ -13,6 +13,7 @@ import asyncio
 import logging
 import socket
 import time
+from functools import partial
 from typing import Any, cast
 from urllib.parse import unquote
 
@@ -37,6 +38,11 @@ from .websocket import WebSocketSession, WebSocketSettings
 
 logger = logging.getLogger("sidecar.app")
 access_logger = logging.getLogger("sidecar.access")
+
+
+def _settle(future: asyncio.Future[None], _: object) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class AppServer:
@@ -149,6 +155,32 @@ class AppServer:
         if stats is not None:
             stats.in_flight += 1
         scope = self._scope(request, version)
+        # The app runs in a task of its own and the connection moves on once the response
+        # is complete: work the app does afterwards (background tasks) must not hold up
+        # the next request on a keep-alive connection. stop() still waits for that work.
+        loop = asyncio.get_running_loop()
+        responded = exchange.responded = loop.create_future()
+        call = loop.create_task(self._call(request, exchange, scope, version, started_at))
+        exchange.task = call
+        call.add_done_callback(partial(_settle, responded))
+        try:
+            await responded
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        return KEEP_ALIVE if exchange.keep_alive and exchange.complete else CLOSE
+
+    async def _call(
+        self,
+        request: AsgiRequest,
+        exchange: HttpExchange,
+        scope: dict[str, Any],
+        version: str,
+        started_at: float,
+    ) -> None:
+        """Run the app on one request to its end, then log and count the request."""
+        message = request._message
+        stats = self._stats
         try:
             await self._app(scope, exchange.receive, exchange.send)
         except Exception as exc:
@@ -192,7 +224,6 @@ class AppServer:
                 status,
                 elapsed * 1000,
             )
-        return KEEP_ALIVE if exchange.keep_alive and exchange.complete else CLOSE
 
     async def _handle_websocket(self, request: AsgiRequest, version: str) -> web.StreamResponse:
         scope = self._scope(request, version)

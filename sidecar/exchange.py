@@ -119,8 +119,10 @@ class HttpExchange:
         "complete",
         "disconnected",
         "keep_alive",
+        "responded",
         "started",
         "status",
+        "task",
     )
 
     def __init__(self, request: AsgiRequest, version: str, keep_alive: bool) -> None:
@@ -141,6 +143,10 @@ class HttpExchange:
         self.started = False
         self.complete = False
         self.disconnected = False
+        #: Done once the response is complete (set by the server to hear about it).
+        self.responded: asyncio.Future[None] | None = None
+        #: The task running the app call for this exchange.
+        self.task: asyncio.Task[None] | None = None
 
     # -- disconnect ---------------------------------------------------------------------
 
@@ -153,13 +159,17 @@ class HttpExchange:
 
     def cancel(self) -> None:
         """Cancel the app call serving this exchange (the graceful timeout ran out)."""
-        task = self._request.task
+        task = self.task
         if task is not None and not task.done():
             task.cancel()
 
     # -- receive ------------------------------------------------------------------------
 
     async def receive(self) -> Message:
+        if self.complete:
+            # The spec's answer once the response is sent, body read or not; the request
+            # body now belongs to aiohttp, which drains it for the connection's next request.
+            return {"type": "http.disconnect"}
         if not self._body_done:
             request = self._request
             if not request.body_exists:
@@ -359,6 +369,9 @@ class HttpExchange:
             waiter = self._disconnect_waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
+            responded = self.responded
+            if responded is not None and not responded.done():
+                responded.set_result(None)
             if (
                 not self._no_body
                 and not self._chunked

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import queue
+import threading
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,7 +18,7 @@ import pytest
 
 from sidecar.types import Message, Receive, Scope, Send
 
-from .conftest import WAIT
+from .conftest import WAIT, fetch
 
 BIG = 32 * 1024 * 1024  # far more than loopback socket buffers take at once
 
@@ -112,3 +113,101 @@ def test_receive_waiting_before_accept_gets_the_first_message(run_sidecar: Any) 
             return await ws.receive_str(timeout=WAIT)
 
     assert asyncio.run(talk()) == "got hello"
+
+
+class WorksAfterResponding:
+    """Answers, then keeps working until released: a Starlette/FastAPI background task."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self._gate: asyncio.Event | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if self._gate is None:
+            self._gate = asyncio.Event()
+        body = b"released" if scope["path"] == "/release" else b"queued"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+        if scope["path"] == "/release":
+            self._gate.set()
+        else:
+            await self._gate.wait()  # the work after the response
+            self.released.set()
+
+
+def test_work_after_the_response_does_not_hold_the_connection(run_sidecar: Any) -> None:
+    app = WorksAfterResponding()
+    running = run_sidecar(app)
+    conn = connect(running.app("/"))
+    try:
+        conn.request("GET", "/job")
+        assert conn.getresponse().read() == b"queued"
+        # The same connection serves the next request while the job still runs.
+        conn.request("GET", "/release")
+        assert conn.getresponse().read() == b"released"
+    finally:
+        conn.close()
+    assert app.released.wait(WAIT)
+
+
+class KeepsWorking:
+    """Answers, then works until cancelled: a background task that never ends."""
+
+    def __init__(self) -> None:
+        self.working = threading.Event()
+        self.cancelled = threading.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+        self.working.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+
+def test_work_after_the_response_is_cancelled_at_the_graceful_deadline(run_sidecar: Any) -> None:
+    app = KeepsWorking()
+    running = run_sidecar(app, shutdown__graceful_timeout=0.1)
+    assert fetch(running.app("/")).body == b"done"
+    assert app.working.wait(WAIT)
+    assert running.stop() is None
+    assert app.cancelled.is_set()
+    assert running.sidecar.app_server.aborted == 1
+
+
+class ReadsBodyAfterResponding:
+    """Answers before reading the request body, then reads it."""
+
+    def __init__(self) -> None:
+        self.events: queue.Queue[str] = queue.Queue()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"early"})
+        while True:
+            message = await receive()
+            self.events.put(message["type"])
+            if message["type"] == "http.disconnect" or not message.get("more_body"):
+                return
+
+
+def test_receive_after_the_response_is_disconnect(run_sidecar: Any) -> None:
+    app = ReadsBodyAfterResponding()
+    running = run_sidecar(app)
+    conn = connect(running.app("/"))
+    try:
+        for _ in range(3):
+            conn.request("POST", "/", body=b"x" * 1_000_000)
+            assert conn.getresponse().read() == b"early"
+            assert app.events.get(timeout=WAIT) == "http.disconnect"
+    finally:
+        conn.close()
