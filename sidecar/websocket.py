@@ -27,6 +27,14 @@ logger = logging.getLogger("sidecar.app")
 _ABNORMAL = 1006
 
 
+def _sendable(code: int) -> bool:
+    """Whether a close frame may carry ``code`` (RFC 6455 7.4; not 1004-1006 or 1015).
+
+    aiohttp reports a close frame that had no code as 0.
+    """
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
 @dataclass(frozen=True)
 class WebSocketSettings:
     """Per-connection limits and timers, from ``server.ws_*``."""
@@ -84,7 +92,11 @@ class WebSocketSession:
         if message.type is WSMsgType.BINARY:
             return {"type": "websocket.receive", "bytes": message.data}
         if message.type is WSMsgType.CLOSE:
-            return self._disconnected(int(message.data), message.extra or "")
+            code = int(message.data)
+            # Answer with the client's own code, as RFC 6455 suggests and uvicorn does
+            # (aiohttp's automatic answer would say 1000).
+            await ws.close(code=code if _sendable(code) else WSCloseCode.OK, drain=False)
+            return self._disconnected(code, message.extra or "")
         if message.type is WSMsgType.ERROR:
             # A protocol error (bad frame, message too large): its own close code is what
             # was sent to the client, so it is what the app is told.
@@ -153,6 +165,7 @@ class WebSocketSession:
             protocols=(subprotocol,) if subprotocol else (),
             heartbeat=settings.ping_interval or None,
             max_msg_size=settings.max_message_size,
+            autoclose=False,  # receive() answers a close frame itself
         )
         for name, value in message.get("headers", ()):
             ws.headers.add(name.decode("latin-1"), value.decode("latin-1"))

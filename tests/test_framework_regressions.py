@@ -211,3 +211,29 @@ def test_receive_after_the_response_is_disconnect(run_sidecar: Any) -> None:
             assert app.events.get(timeout=WAIT) == "http.disconnect"
     finally:
         conn.close()
+
+
+async def waits_for_the_client_to_close(scope: Scope, receive: Receive, send: Send) -> None:
+    """Accepts, then reads until the client closes (what every framework's loop does)."""
+    if scope["type"] != "websocket":
+        return
+    await receive()
+    await send({"type": "websocket.accept"})
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 4100])
+def test_the_clients_close_code_is_echoed(run_sidecar: Any, code: int) -> None:
+    # RFC 6455 5.5.1: the answering close frame typically echoes the code; uvicorn does,
+    # aiohttp's automatic answer sends 1000 whatever the client said.
+    running = run_sidecar(waits_for_the_client_to_close)
+    url = running.app("/").replace("http://", "ws://")
+
+    async def talk() -> int | None:
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(url)
+            await ws.close(code=code, message=b"bye")
+            return ws.close_code
+
+    assert asyncio.run(talk()) == code
