@@ -25,13 +25,13 @@ logger = logging.getLogger("sidecar.app")
 # 1006 is reserved for "closed without a close frame"; it is what the app is told when
 # the connection dropped.
 _ABNORMAL = 1006
+# What the app is told for a close frame that carried no code (ASGI spec; RFC 6455
+# 7.1.5); aiohttp reports such a frame as code 0.
+_NO_STATUS = 1005
 
 
 def _sendable(code: int) -> bool:
-    """Whether a close frame may carry ``code`` (RFC 6455 7.4; not 1004-1006 or 1015).
-
-    aiohttp reports a close frame that had no code as 0.
-    """
+    """Whether a close frame may carry ``code`` (RFC 6455 7.4; not 1004-1006 or 1015)."""
     return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
@@ -92,7 +92,7 @@ class WebSocketSession:
         if message.type is WSMsgType.BINARY:
             return {"type": "websocket.receive", "bytes": message.data}
         if message.type is WSMsgType.CLOSE:
-            code = int(message.data)
+            code = int(message.data) or _NO_STATUS
             # Answer with the client's own code, as RFC 6455 suggests and uvicorn does
             # (aiohttp's automatic answer would say 1000).
             await ws.close(code=code if _sendable(code) else WSCloseCode.OK, drain=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import queue
+import socket
 import threading
 from typing import Any
 from urllib.parse import urlsplit
@@ -237,3 +238,48 @@ def test_the_clients_close_code_is_echoed(run_sidecar: Any, code: int) -> None:
             return ws.close_code
 
     assert asyncio.run(talk()) == code
+
+
+class RecordsDisconnect:
+    """Accepts, then records the ``websocket.disconnect`` it receives."""
+
+    def __init__(self) -> None:
+        self.disconnects: queue.Queue[Message] = queue.Queue()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        while (message := await receive())["type"] != "websocket.disconnect":
+            pass
+        self.disconnects.put(message)
+
+
+def test_a_close_frame_without_a_code_is_1005_for_the_app(run_sidecar: Any) -> None:
+    # ASGI: "If no code was received in the frame from the client, the server should set
+    # this to 1005". aiohttp reports such a frame with code 0.
+    app = RecordsDisconnect()
+    running = run_sidecar(app)
+    parts = urlsplit(running.app("/"))
+    assert parts.hostname is not None
+    assert parts.port is not None
+    with socket.create_connection((parts.hostname, parts.port), timeout=WAIT) as sock:
+        sock.sendall(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        handshake = b""
+        while b"\r\n\r\n" not in handshake and (chunk := sock.recv(4096)):
+            handshake += chunk
+        assert handshake.startswith(b"HTTP/1.1 101")
+        sock.sendall(b"\x88\x80\x00\x00\x00\x00")  # FIN + close, masked, empty payload
+        answer = handshake.split(b"\r\n\r\n", 1)[1]
+        while len(answer) < 4 and (chunk := sock.recv(4096)):
+            answer += chunk
+    assert answer[:4] == b"\x88\x02\x03\xe8"  # the server's close frame says 1000
+    assert app.disconnects.get(timeout=WAIT) == {
+        "type": "websocket.disconnect",
+        "code": 1005,
+        "reason": "",
+    }
