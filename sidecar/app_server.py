@@ -14,6 +14,7 @@ import logging
 import socket
 import ssl
 import time
+from functools import partial
 from typing import Any, cast
 from urllib.parse import unquote
 
@@ -105,6 +106,11 @@ class _GuardedServer(web.Server):
             self._header_timeout,
         )
         handler.force_close()
+
+
+def _settle(future: asyncio.Future[None], _: object) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class AppServer:
@@ -311,6 +317,26 @@ class AppServer:
         if self._record_requests:
             exchange.on_complete = self._completed
         scope = self._scope(request, version)
+        # The app runs in a task of its own and the connection moves on once the response
+        # is complete: work the app does afterwards (background tasks) must not hold up
+        # the next request on a keep-alive connection. stop() still waits for that work.
+        loop = asyncio.get_running_loop()
+        responded = exchange.responded = loop.create_future()
+        call = loop.create_task(self._call(request, exchange, scope))
+        exchange.task = call
+        call.add_done_callback(partial(_settle, responded))
+        try:
+            await responded
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        exchange.close_if_body_never_sent()
+        return KEEP_ALIVE if exchange.keep_alive and exchange.complete else CLOSE
+
+    async def _call(
+        self, request: AsgiRequest, exchange: HttpExchange, scope: dict[str, Any]
+    ) -> None:
+        """Run the app on one request to its end; count it if no response completed."""
         try:
             await self._app(scope, exchange.receive, exchange.send)
         except Exception as exc:
@@ -338,11 +364,9 @@ class AppServer:
             if not self._active:
                 self._idle.set()
             request.exchange = None
-        exchange.close_if_body_never_sent()
         if self._record_requests and not exchange.recorded:
             exchange.recorded = True
             self._completed(exchange)  # no response reached the client
-        return KEEP_ALIVE if exchange.keep_alive and exchange.complete else CLOSE
 
     def _refusal(
         self, request: AsgiRequest, over_cap: bool

@@ -140,9 +140,11 @@ class HttpExchange:
         "keep_alive",
         "on_complete",
         "recorded",
+        "responded",
         "started",
         "started_at",
         "status",
+        "task",
     )
 
     def __init__(
@@ -177,6 +179,10 @@ class HttpExchange:
         self.started = False
         self.complete = False
         self.disconnected = False
+        #: Done once the response is complete (set by the server to hear about it).
+        self.responded: asyncio.Future[None] | None = None
+        #: The task running the app call for this exchange.
+        self.task: asyncio.Task[None] | None = None
 
     # -- disconnect ---------------------------------------------------------------------
 
@@ -189,13 +195,17 @@ class HttpExchange:
 
     def cancel(self) -> None:
         """Cancel the app call serving this exchange (the graceful timeout ran out)."""
-        task = self._request.task
+        task = self.task
         if task is not None and not task.done():
             task.cancel()
 
     # -- receive ------------------------------------------------------------------------
 
     async def receive(self) -> Message:
+        if self.complete:
+            # The spec's answer once the response is sent, body read or not; the request
+            # body now belongs to aiohttp, which drains it for the connection's next request.
+            return {"type": "http.disconnect"}
         if not self._body_done:
             request = self._request
             if not request.body_exists:
@@ -395,8 +405,13 @@ class HttpExchange:
         """Answer ``status`` when nothing was sent yet; otherwise cut the connection.
 
         A response that already started cannot be turned into an error, and ending it
-        normally would make a truncated body look complete to the client.
+        normally would make a truncated body look complete to the client. A complete
+        response (the app raised afterwards, in a background task) is left to be
+        delivered: aborting would drop what the transport still buffers.
         """
+        if self.complete:
+            self.keep_alive = False
+            return
         if self.started or self.disconnected:
             self.keep_alive = False
             transport = self._request.transport
@@ -503,6 +518,14 @@ class HttpExchange:
             data = head + body
         if not more:
             self.complete = True
+            # A receive() already waiting (a task listening for the client to leave, as
+            # Litestar's Stream does) gets http.disconnect now, as a later call would.
+            waiter = self._disconnect_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            responded = self.responded
+            if responded is not None and not responded.done():
+                responded.set_result(None)
             if (
                 not self._no_body
                 and not self._chunked

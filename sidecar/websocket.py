@@ -9,6 +9,7 @@ that closes or returns before accepting gives the client a 403.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from enum import Enum
@@ -24,6 +25,14 @@ logger = logging.getLogger("sidecar.app")
 # 1006 is reserved for "closed without a close frame"; it is what the app is told when
 # the connection dropped.
 _ABNORMAL = 1006
+# What the app is told for a close frame that carried no code (ASGI spec; RFC 6455
+# 7.1.5); aiohttp reports such a frame as code 0.
+_NO_STATUS = 1005
+
+
+def _sendable(code: int) -> bool:
+    """Whether a close frame may carry ``code`` (RFC 6455 7.4; not 1004-1006 or 1015)."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,7 @@ class WebSocketSession:
         self._stage = _Stage.CONNECTING
         self._connect_delivered = False
         self._ws: web.WebSocketResponse | None = None
+        self._accepted = asyncio.Event()
         #: The HTTP side of the handshake: denial responses, and disconnects before accept.
         self.handshake = HttpExchange(request, version, keep_alive=False)
         self._server_close_code: int | None = None
@@ -68,9 +78,12 @@ class WebSocketSession:
             return {"type": "websocket.connect"}
         ws = self._ws
         if ws is None:
-            # Not accepted (yet): the only thing that can happen is the client leaving.
-            await self.handshake.receive_disconnect()
-            return self._disconnected(_ABNORMAL, "")
+            # Not accepted (yet): wait for the client to leave, or for the app to accept
+            # from another task (Quart reads messages in a task started before accepting).
+            await self._accepted_or_gone()
+            ws = self._ws
+            if ws is None:
+                return self._disconnected(_ABNORMAL, "")
         if self._stage is _Stage.CLOSED:
             return self._disconnected(self.close_code or _ABNORMAL, "")
         message = await ws.receive()
@@ -79,7 +92,11 @@ class WebSocketSession:
         if message.type is WSMsgType.BINARY:
             return {"type": "websocket.receive", "bytes": message.data}
         if message.type is WSMsgType.CLOSE:
-            return self._disconnected(int(message.data), message.extra or "")
+            code = int(message.data) or _NO_STATUS
+            # Answer with the client's own code, as RFC 6455 suggests and uvicorn does
+            # (aiohttp's automatic answer would say 1000).
+            await ws.close(code=code if _sendable(code) else WSCloseCode.OK, drain=False)
+            return self._disconnected(code, message.extra or "")
         if message.type is WSMsgType.ERROR:
             # A protocol error (bad frame, message too large): its own close code is what
             # was sent to the client, so it is what the app is told.
@@ -89,6 +106,17 @@ class WebSocketSession:
                 return self._disconnected(int(error_code), "")
         code = self._server_close_code or ws.close_code or _ABNORMAL
         return self._disconnected(int(code), "")
+
+    async def _accepted_or_gone(self) -> None:
+        waiters = (
+            asyncio.ensure_future(self._accepted.wait()),
+            asyncio.ensure_future(self.handshake.receive_disconnect()),
+        )
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     def _disconnected(self, code: int, reason: str) -> Message:
         self._stage = _Stage.CLOSED
@@ -137,6 +165,7 @@ class WebSocketSession:
             protocols=(subprotocol,) if subprotocol else (),
             heartbeat=settings.ping_interval or None,
             max_msg_size=settings.max_message_size,
+            autoclose=False,  # receive() answers a close frame itself
         )
         for name, value in message.get("headers", ()):
             ws.headers.add(name.decode("latin-1"), value.decode("latin-1"))
@@ -147,6 +176,7 @@ class WebSocketSession:
             raise ClientDisconnected("the client left during the handshake") from exc
         self._ws = ws
         self._stage = _Stage.ACCEPTED
+        self._accepted.set()
 
     async def _send_data(self, message: Message) -> None:
         ws = self._ws

@@ -27,6 +27,9 @@ from sidecar.runner import Sidecar
 from sidecar.state import Phase, Transition
 from sidecar.types import ASGIApp
 
+# The uvicorn comparison helper asserts in its own module: show its diffs like a test's.
+pytest.register_assert_rewrite("tests.parity")
+
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 WAIT = 30.0  # upper bound for anything a test waits on; a pass never waits this long
@@ -41,6 +44,7 @@ class Reply:
     headers: dict[str, str]
     body: bytes
     raw_headers: list[tuple[str, str]] = field(default_factory=list)
+    reason: str = ""
 
     @property
     def text(self) -> str:
@@ -54,20 +58,22 @@ def fetch(
     url: str,
     method: str = "GET",
     *,
-    body: bytes | None = None,
+    body: bytes | list[bytes] | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = WAIT,
 ) -> Reply:
-    """Make one HTTP request on a new connection and read the whole reply."""
+    """Make one HTTP request on a new connection and read the whole reply.
+
+    A list ``body`` is sent with ``Transfer-Encoding: chunked``, one chunk per item.
+    """
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:
         target = parts.path + (f"?{parts.query}" if parts.query else "")
-        conn.request(method, target or "/", body=body, headers=headers or {})
-        response = conn.getresponse()
-        data = response.read()
-        pairs = response.getheaders()
-        return Reply(response.status, {k.lower(): v for k, v in pairs}, data, pairs)
+        chunked = isinstance(body, list)
+        headers = {**(headers or {}), **({"Transfer-Encoding": "chunked"} if chunked else {})}
+        conn.request(method, target or "/", body=body, headers=headers, encode_chunked=chunked)
+        return read_reply(conn.getresponse())
     finally:
         conn.close()
 
@@ -76,6 +82,13 @@ def fetch_quietly(url: str) -> None:
     """Make a request whose outcome the test does not care about (it may be cut)."""
     with contextlib.suppress(OSError, http.client.HTTPException):
         fetch(url)
+
+
+def read_reply(response: http.client.HTTPResponse) -> Reply:
+    data = response.read()
+    pairs = response.getheaders()
+    headers = {k.lower(): v for k, v in pairs}
+    return Reply(response.status, headers, data, pairs, response.reason)
 
 
 # -- in-process sidecars ----------------------------------------------------------------
@@ -273,14 +286,24 @@ _APP_LINE = re.compile(r"serving the app on http://([^:]+):(\d+)")
 
 
 class CliProcess:
-    """``python -m sidecar ...`` in a subprocess, with its stderr lines in a queue."""
+    """``python -m sidecar ...`` in a subprocess, with its stderr lines in a queue.
 
-    def __init__(self, args: list[str], *, env: dict[str, str] | None = None, cwd: Path = TESTS):
+    ``module`` runs another module the same way (the uvicorn comparison uses it).
+    """
+
+    def __init__(
+        self,
+        args: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path = TESTS,
+        module: str = "sidecar",
+    ):
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
         full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS)])
         full_env.update(env or {})
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", *args],
+            [sys.executable, "-m", module, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=cwd,
@@ -354,11 +377,11 @@ class CliProcess:
 
 @pytest.fixture
 def cli() -> Iterator[Any]:
-    """Start ``python -m sidecar`` subprocesses; each is killed at teardown if still up."""
+    """Start ``python -m sidecar`` (or ``module=``) subprocesses; killed at teardown if up."""
     procs: list[CliProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> CliProcess:
-        proc = CliProcess(list(args), env=env)
+    def start(*args: str, env: dict[str, str] | None = None, module: str = "sidecar") -> CliProcess:
+        proc = CliProcess(list(args), env=env, module=module)
         procs.append(proc)
         return proc
 
