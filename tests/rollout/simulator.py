@@ -1066,14 +1066,15 @@ async def simulate(settings: Settings, *, progress: Callable[[str], None] | None
         await proxy.wait_routed(pod.name, False, unroute_bound)
         await proxy.remove(pod.name)
 
-    async def stop_pod(pod: Pod) -> None:
+    async def stop_pod(pod: Pod, *, under_load: bool = True) -> None:
         await pod.terminate(prestop=settings.drain)
         r = pod.record
         say(
             f"{pod.name} exited {r.exit_code} (preStop {_sec(r.prestop_seconds)}, "
             f"SIGTERM->exit {_sec(r.exit_seconds)})"
         )
-        retiring.append(asyncio.create_task(retire(pod)))
+        if under_load:  # the load balancer must notice it is gone
+            retiring.append(asyncio.create_task(retire(pod)))
 
     completed = False
     try:
@@ -1095,7 +1096,7 @@ async def simulate(settings: Settings, *, progress: Callable[[str], None] | None
         await asyncio.sleep(settings.cooldown)
         await load.stop()
         say("load stopped; stopping the remaining pods")
-        await asyncio.gather(*(stop_pod(pod) for pod in current))
+        await asyncio.gather(*(stop_pod(pod, under_load=False) for pod in current))
         await asyncio.gather(*retiring)
         completed = True
     finally:
