@@ -951,7 +951,7 @@ class Report:
     def to_json(self) -> str:
         document = asdict(self)
         document["requests_aborted"] = self.requests_aborted
-        return json.dumps(document, indent=2)
+        return json.dumps(_rounded(document), indent=2)
 
     def summary(self) -> str:
         s = self.settings
@@ -991,6 +991,17 @@ class Report:
                 f"{'yes' if p.lifespan_shutdown else 'NO'}" + (" (SIGKILL)" if p.killed else "")
             )
         return "\n".join(lines)
+
+
+def _rounded(value: Any) -> Any:
+    """``value`` with every float rounded to milliseconds (and tuples as lists)."""
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(item) for item in value]
+    return value
 
 
 def _sec(value: float | None) -> str:
