@@ -12,9 +12,13 @@ Every response carries ``x-pod`` (the pod's name) so the simulator sees where tr
 
 The lifespan takes ``ROLLOUT_STARTUP_SECONDS`` (default 0.2) to start and logs its
 shutdown, so the simulator sees that it ran in every pod. With
-``ROLLOUT_SHUTDOWN_GATE=stdin`` the shutdown also waits (at most
-``ROLLOUT_GATE_TIMEOUT`` seconds, default 10) for a line on stdin: the simulator reads the
-pod's final metrics from its admin port meanwhile, then releases it.
+``ROLLOUT_SHUTDOWN_GATE=stdin`` the app is tied to the simulator through its stdin:
+
+- the shutdown waits (at most ``ROLLOUT_GATE_TIMEOUT`` seconds, default 10) for a line on
+  stdin: the simulator reads the pod's final metrics from its admin port meanwhile, then
+  releases it;
+- stdin closing before the shutdown means the simulator is gone (killed, crashed): the
+  app sends its own process SIGTERM, so no pod outlives the simulator.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 from typing import Any
 from urllib.parse import parse_qs
@@ -47,6 +52,14 @@ class _Counts:
     in_flight = 0
 
 
+class _Gate:
+    """The stdin link to the simulator (``ROLLOUT_SHUTDOWN_GATE=stdin``)."""
+
+    released: asyncio.Event | None = None
+    shutting_down = False
+    watcher: asyncio.Task[None] | None = None
+
+
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     kind = scope["type"]
     if kind == "lifespan":
@@ -65,11 +78,15 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 async def _lifespan(receive: Any, send: Any) -> None:
     message = await receive()
     assert message["type"] == "lifespan.startup", message
+    if SHUTDOWN_GATE == "stdin":
+        _Gate.released = asyncio.Event()
+        _Gate.watcher = asyncio.create_task(_watch_stdin(_Gate.released))
     await asyncio.sleep(STARTUP_SECONDS)  # stands for opening pools, warming caches
     await send({"type": "lifespan.startup.complete"})
     logger.info("%s (pod %s)", STARTED, POD)
     message = await receive()
     assert message["type"] == "lifespan.shutdown", message
+    _Gate.shutting_down = True
     logger.info(
         "%s (pod %s, served %d, in flight %d)",
         SHUTDOWN_STARTED,
@@ -77,26 +94,32 @@ async def _lifespan(receive: Any, send: Any) -> None:
         _Counts.served,
         _Counts.in_flight,
     )
-    if SHUTDOWN_GATE == "stdin":
-        await _wait_for_stdin_line(GATE_TIMEOUT)
+    if _Gate.released is not None:
+        try:
+            async with asyncio.timeout(GATE_TIMEOUT):
+                await _Gate.released.wait()
+        except TimeoutError:
+            logger.warning("rollout-app: shutdown gate not released within %gs", GATE_TIMEOUT)
     await send({"type": "lifespan.shutdown.complete"})
     logger.info("%s (pod %s)", SHUTDOWN_COMPLETE, POD)
 
 
-async def _wait_for_stdin_line(limit: float) -> None:
-    """Wait until a line (or the end) arrives on stdin, at most ``limit`` seconds."""
+async def _watch_stdin(released: asyncio.Event) -> None:
+    """Release the gate on a line from the simulator; stop the pod if it goes away."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     transport, _ = await loop.connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
     )
     try:
-        async with asyncio.timeout(limit):
-            await reader.readline()
-    except TimeoutError:
-        logger.warning("rollout-app: shutdown gate not released within %gs", limit)
+        while await reader.readline():
+            released.set()
     finally:
         transport.close()
+    released.set()
+    if not _Gate.shutting_down:
+        logger.warning("rollout-app: stdin closed, the simulator is gone; stopping this pod")
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _query(scope: dict[str, Any], name: str, default: float) -> float:

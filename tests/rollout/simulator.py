@@ -435,6 +435,22 @@ class Pod:
         if not self.record.clean:
             self.record.log_tail = self.lines[-40:]
 
+    def abandon(self) -> None:
+        """Close the pod's stdin without a word, as a simulator that died would."""
+        proc = self._proc
+        if proc is not None and proc.stdin is not None:
+            proc.stdin.close()
+
+    async def wait_exit(self, within: float) -> int | None:
+        """Wait for the process to end by itself; return its exit code."""
+        proc = self._proc
+        assert proc is not None
+        async with asyncio.timeout(within):
+            code = await proc.wait()
+        self.record.exit_code = code
+        await self._finish()
+        return code
+
     async def kill(self) -> None:
         """Make sure the process is gone (teardown after an error)."""
         proc = self._proc

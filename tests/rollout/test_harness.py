@@ -246,3 +246,23 @@ def test_pods_run_the_sidecar_and_app_of_this_checkout() -> None:
         timeout=30,
     ).stdout.split()
     assert found == [str(ROOT / "sidecar" / "__init__.py"), str(ROOT / "tests/rollout/app.py")]
+
+
+def test_a_pod_stops_by_itself_when_the_simulator_goes_away() -> None:
+    """No pod outlives a simulator that was killed: its stdin closes, the app stops it."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with aiohttp.ClientSession() as kubelet:
+            pod = Pod("orphan", 0, Settings(drain_delay=0.5), kubelet, loop.time)
+            try:
+                await pod.start()
+                pod.abandon()
+                assert await pod.wait_exit(30) == 0
+            finally:
+                await pod.kill()
+        log = "\n".join(pod.lines)
+        assert "the simulator is gone" in log, log
+        assert pod.record.lifespan_shutdown, log
+
+    run(main)
