@@ -374,9 +374,58 @@ def _seconds(duration: str) -> float:
     return total
 
 
+# prometheus-operator's PrometheusRule, also a CRD: the subset of its v1 schema the chart uses.
+_RULE = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["expr"],
+    "properties": {
+        "alert": {"type": "string", "minLength": 1},
+        "record": {"type": "string", "minLength": 1},
+        "expr": {"type": "string", "minLength": 1},
+        "for": _DURATION,
+        "labels": _LABELS,
+        "annotations": _LABELS,
+    },
+}
+PROMETHEUS_RULE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": SERVICE_MONITOR_API},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": SERVICE_MONITOR_SCHEMA["properties"]["metadata"],
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["groups"],
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name", "rules"],
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "interval": _DURATION,
+                            "rules": {"type": "array", "minItems": 1, "items": _RULE},
+                        },
+                    },
+                }
+            },
+        },
+    },
+}
+
+
 def validate_object(obj: dict[str, Any]) -> None:
     """Validate one object strictly (unknown fields are errors) for every KUBE_VERSIONS."""
     obj = {key: value for key, value in obj.items() if not key.startswith("_")}
+    if obj.get("kind") == "PrometheusRule":
+        jsonschema.validate(obj, PROMETHEUS_RULE_SCHEMA)
+        return
     if obj.get("kind") == "ServiceMonitor":
         jsonschema.validate(obj, SERVICE_MONITOR_SCHEMA)
         for endpoint in obj["spec"]["endpoints"]:
