@@ -484,6 +484,10 @@ class AppServer:
         client is gone (the app receives ``http.disconnect``) and cancel what still runs.
         """
         self._closing = True
+        # Responses not yet started say "connection: close": the client must not send
+        # its next request on a connection to a pod that is leaving.
+        for exchange in self._active:
+            exchange.keep_alive = False
         if self._server is not None:
             self._server.close()
         web_server = self._web_server

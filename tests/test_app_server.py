@@ -206,6 +206,23 @@ def test_app_that_does_not_respond_properly_gives_500(
         assert "ASGI app returned without sending the response" in caplog.text
 
 
+def test_responses_after_the_listener_closed_carry_connection_close(run_sidecar: Any) -> None:
+    app = apps.SlowRequests()
+    running = run_sidecar(app, shutdown__drain_mode="fixed")
+    conn = connect(running.app())
+    conn.request("GET", "/slow")
+    assert app.entered.wait(30)
+    running.sidecar.request_shutdown()
+    running.phases.wait_for(Phase.STOPPING)
+    app.release()
+    response = conn.getresponse()
+    assert response.status == 200
+    assert response.getheader("connection") == "close"  # do not reuse: the pod is leaving
+    response.read()
+    conn.close()
+    assert running.wait_finished() is None
+
+
 def test_graceful_stop_waits_for_in_flight_requests(run_sidecar: Any) -> None:
     app = apps.SlowRequests()
     running = run_sidecar(app, shutdown__drain_mode="fixed")

@@ -88,3 +88,38 @@ def test_overload_beyond_the_connection_cap_answers_every_request(run_sidecar: A
     assert statuses.count(503) >= 1
     assert set(statuses) <= {200, 503}
     assert len(statuses) == 44
+
+
+def test_the_app_keeps_serving_while_metrics_are_hammered(run_sidecar: Any) -> None:
+    running = run_sidecar(apps.http_only)
+
+    async def main() -> tuple[list[int], list[int], list[str]]:
+        app_statuses: list[int] = []
+        scrape_statuses: list[int] = []
+        errors: list[str] = []
+        deadline = time.monotonic() + LOAD_SECONDS
+        async with aiohttp.ClientSession() as session:
+
+            async def scraper() -> None:
+                while time.monotonic() < deadline:
+                    async with session.get(running.admin("/metrics")) as response:
+                        await response.read()
+                        scrape_statuses.append(response.status)
+
+            async def client() -> None:
+                while time.monotonic() < deadline:
+                    try:
+                        async with session.get(running.app("/")) as response:
+                            await response.read()
+                            app_statuses.append(response.status)
+                    except aiohttp.ClientError as exc:
+                        errors.append(repr(exc))
+
+            await asyncio.gather(*(scraper() for _ in range(8)), *(client() for _ in range(8)))
+        return app_statuses, scrape_statuses, errors
+
+    app_statuses, scrape_statuses, errors = asyncio.run(main())
+    assert errors == []
+    assert set(app_statuses) == {200}
+    assert set(scrape_statuses) == {200}
+    assert len(app_statuses) > 100  # the app was served throughout, not starved
