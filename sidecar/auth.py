@@ -10,13 +10,12 @@ Probes and ``/metrics`` stay open: the kubelet and Prometheus must not need a se
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from .addresses import Network, is_loopback, parse_networks, within
 from .config import AdminConfig
 from .errors import ConfigError
-from .proxy import Network, parse_trusted
 
 
 @dataclass(frozen=True)
@@ -49,15 +48,15 @@ class AdminGuard:
 
     def __init__(self, token: str, allow_from: str) -> None:
         self._token = token.encode("utf-8")
-        everyone, networks = parse_trusted(allow_from)
+        everyone, networks = parse_networks(allow_from)
         self._networks: tuple[Network, ...] | None = None if everyone or not networks else networks
         self.open = not self._token and self._networks is None
 
     def check(self, peer: str | None, authorization: str | None) -> Denial | None:
         """Return ``None`` when the caller may proceed, else why not."""
-        if self.open or _is_loopback(peer):
+        if self.open or is_loopback(peer):
             return None
-        if self._networks is not None and not _inside(peer, self._networks):
+        if self._networks is not None and not within(peer, self._networks):
             return Denial(403, f"client {peer} is not in admin.allow_from")
         if self._token:
             scheme, _, presented = (authorization or "").partition(" ")
@@ -66,27 +65,3 @@ class AdminGuard:
             ):
                 return Denial(401, "a valid 'Authorization: Bearer <admin token>' is required")
         return None
-
-
-def _is_loopback(peer: str | None) -> bool:
-    if not peer:
-        return False
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    # On a dual-stack socket an IPv4 caller shows up as ::ffff:127.0.0.1, which Python
-    # does not count as loopback by itself.
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
-
-
-def _inside(peer: str | None, networks: tuple[Network, ...]) -> bool:
-    if not peer:
-        return False
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    return any(address in network for network in networks)

@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 import yaml
 
+from .addresses import parse_networks
 from .errors import ConfigError
-from .proxy import parse_trusted
 
 ENV_PREFIX = "SIDECAR_"
 
@@ -668,7 +668,7 @@ def _hosts_overlap(a: str, b: str) -> bool:
 def _check_server(config: Config, problems: list[str]) -> None:
     server = config.server
     try:
-        parse_trusted(server.trusted_proxies)
+        parse_networks(server.trusted_proxies)
     except ValueError as exc:
         problems.append(
             f"invalid address {str(exc)!r} in server.trusted_proxies "
@@ -699,7 +699,7 @@ def _check_admin(config: Config, problems: list[str]) -> None:
             "expected a file holding the token"
         )
     try:
-        parse_trusted(admin.allow_from)
+        parse_networks(admin.allow_from)
     except ValueError as exc:
         problems.append(
             f"invalid address {str(exc)!r} in admin.allow_from ({admin.allow_from!r}); "

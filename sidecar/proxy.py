@@ -8,25 +8,10 @@ skipping hops that are themselves trusted proxies; the first untrusted hop is th
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def parse_trusted(spec: str) -> tuple[bool, tuple[Network, ...]]:
-    """Parse ``"*"`` or comma-separated addresses/CIDRs; raise ``ValueError`` naming the bad one."""
-    items = [item.strip() for item in spec.split(",") if item.strip()]
-    if items == ["*"]:
-        return True, ()
-    networks = []
-    for item in items:
-        try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ValueError(item) from None
-    return False, tuple(networks)
+from .addresses import parse_networks, within
 
 
 @dataclass(frozen=True)
@@ -97,17 +82,11 @@ class TrustedProxies:
     """Decide whether a peer is a trusted proxy, and resolve the real client through it."""
 
     def __init__(self, spec: str) -> None:
-        self._everyone, self._networks = parse_trusted(spec)
+        self._everyone, self._networks = parse_networks(spec)
         self.enabled = self._everyone or bool(self._networks)
 
     def trusts(self, address: str) -> bool:
-        if self._everyone:
-            return True
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self._networks)
+        return self._everyone or within(address, self._networks)
 
     def resolve(self, hops: Sequence[Hop]) -> Hop | None:
         """Return the client: the nearest hop that is not itself a trusted proxy.

@@ -101,6 +101,9 @@ FORWARDED_CASES = [
      "2001:db8::17", "https", "api.example"),
     ("127.0.0.1", {"Forwarded": "for=198.51.100.9;proto=http, for=127.0.0.1"},
      "198.51.100.9", "http", None),
+    # a hop seen as IPv4-mapped IPv6 matches an IPv4 list
+    ("127.0.0.1, 10.0.0.0/8", {"X-Forwarded-For": "203.0.113.7, ::ffff:10.1.2.3"},
+     "203.0.113.7", "http", None),
 ]  # fmt: skip
 
 
