@@ -70,6 +70,11 @@ class ServerConfig:
     loop: Literal["auto", "asyncio", "uvloop"] = _opt(
         "auto", "Event loop for the app: `auto` uses uvloop when it is installed."
     )
+    gc_freeze: bool = _opt(
+        True,
+        "After startup, exclude everything allocated so far from garbage collection "
+        "(`gc.freeze()`), so full collections do not add milliseconds to request latency.",
+    )
     trusted_proxies: str = _opt(
         "",
         "Comma-separated addresses/CIDRs (or `*`) of proxies whose `Forwarded` and "
