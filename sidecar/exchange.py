@@ -189,6 +189,10 @@ class HttpExchange:
     def disconnect(self) -> None:
         """Mark the client gone and wake a ``receive()`` waiting for it."""
         self.disconnected = True
+        self._wake_receiver()
+
+    def _wake_receiver(self) -> None:
+        """Let a ``receive()`` waiting for the end of the exchange return."""
         waiter = self._disconnect_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -261,10 +265,13 @@ class HttpExchange:
         """
         if self._version != "1.1" or self.started:
             return
-        expect = self._request.headers.get("Expect")
         transport = self._request.transport
-        if expect is not None and expect.lower() == "100-continue" and transport is not None:
+        if transport is not None and self._expects_continue():
             transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _expects_continue(self) -> bool:
+        expect = self._request.headers.get("Expect")
+        return expect is not None and expect.lower() == "100-continue"
 
     def _refuse_body(self, status: int) -> None:
         """Stop reading a body that broke a limit: answer ``status`` if possible, then close.
@@ -287,8 +294,7 @@ class HttpExchange:
         """
         if self._continued or not self.complete or not self._request.body_exists:
             return
-        expect = self._request.headers.get("Expect")
-        if expect is not None and expect.lower() == "100-continue":
+        if self._expects_continue():
             self.keep_alive = False
             self._request.protocol.force_close()
 
@@ -310,9 +316,7 @@ class HttpExchange:
         may still finish within the graceful timeout.
         """
         self._ending = True
-        waiter = self._disconnect_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake_receiver()
 
     # -- send ---------------------------------------------------------------------------
 
@@ -520,9 +524,7 @@ class HttpExchange:
             self.complete = True
             # A receive() already waiting (a task listening for the client to leave, as
             # Litestar's Stream does) gets http.disconnect now, as a later call would.
-            waiter = self._disconnect_waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            self._wake_receiver()
             responded = self.responded
             if responded is not None and not responded.done():
                 responded.set_result(None)
