@@ -273,10 +273,6 @@ class Metrics:
             self.phase.labels(name).set(1 if name == current else 0)
         self.ready.set(1 if ready else 0)
 
-    def observe_request(self, method: str, status: int, seconds: float) -> None:
-        """Count one finished request and record its duration."""
-        self.requests.observe(method, status, seconds)
-
     def forget_check(self, name: str) -> None:
         """Drop a removed check's series, so a gone check does not look stuck."""
         for family in (self.check_status, self.check_duration, self.check_failures):
