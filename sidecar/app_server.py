@@ -1,10 +1,11 @@
-"""Serve an ASGI app's traffic on aiohttp's low-level server.
+"""Serve an ASGI app's traffic on the app port.
 
-aiohttp parses HTTP/1.1 (its C parser), manages connections, keep-alive, pipelining
-and flow control; this module binds the app port, turns each parsed request into an
-ASGI scope and hands it to an exchange (``exchange.HttpExchange``) that carries the
-app's messages. It uses ``web.Server`` directly, not the routing ``web.Application``:
-no router, no middleware chain.
+``connection.HttpConnection`` parses requests with aiohttp's HTTP/1.1 parser and keeps
+connections alive; this module binds the port, turns each request into an ASGI scope,
+runs the app on it (one task per request) with an exchange (``exchange.HttpExchange``)
+carrying the app's messages, and refuses what must not reach the app. WebSocket
+connections are served by aiohttp's low-level ``web.Server`` (no router, no
+middleware), which the connection hands them to after their upgrade request.
 """
 
 from __future__ import annotations
@@ -14,22 +15,22 @@ import logging
 import socket
 import ssl
 import time
-from functools import partial
 from typing import Any, cast
 from urllib.parse import unquote
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_request import BaseRequest
 
 from .config import ServerConfig
+from .connection import Connections, ConnectionSettings, HttpConnection
 from .errors import BindError, ConfigError
 from .exchange import (
     ASGI_VERSION,
     CLOSE,
     DISCONNECT_GRACE,
     HTTP_VERSIONS,
-    KEEP_ALIVE,
     AsgiRequest,
     BodyLimits,
     ClientDisconnected,
@@ -42,75 +43,6 @@ from .websocket import WebSocketSession, WebSocketSettings
 
 logger = logging.getLogger("sidecar.app")
 access_logger = logging.getLogger("sidecar.access")
-
-
-class _GuardedServer(web.Server):
-    """aiohttp's low-level server, with a connection cap and a deadline for the first head.
-
-    A client that opens connections and sends its request head byte by byte (slowloris)
-    would otherwise hold each connection for the whole keep-alive timeout.
-    """
-
-    def __init__(
-        self,
-        handler: Any,
-        *,
-        max_connections: int,
-        header_timeout: float,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(handler, **kwargs)
-        self._max_connections = max_connections
-        self._header_timeout = header_timeout
-        self._head_timers: dict[RequestHandler, asyncio.TimerHandle] = {}
-        # Connections opened beyond max_connections: their first request is answered 503
-        # and the connection closed. Answering after reading the request (rather than at
-        # once) lets the client read the 503 instead of a reset.
-        self._over_cap: set[RequestHandler] = set()
-        #: Connections refused because ``max_connections`` were open.
-        self.refused = 0
-        #: Connections closed because no complete request head arrived in time.
-        self.timed_out = 0
-
-    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
-        super().connection_made(handler, transport)
-        if self._max_connections and len(self.connections) > self._max_connections:
-            self.refused += 1
-            self._over_cap.add(handler)
-        if self._header_timeout:
-            loop = asyncio.get_running_loop()
-            self._head_timers[handler] = loop.call_later(
-                self._header_timeout, self._head_timed_out, handler
-            )
-
-    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
-        timer = self._head_timers.pop(handler, None)
-        if timer is not None:
-            timer.cancel()
-        self._over_cap.discard(handler)
-        super().connection_lost(handler, exc)
-
-    def head_received(self, handler: RequestHandler) -> bool:
-        """Stop the head deadline; tell whether the connection is over the cap."""
-        timer = self._head_timers.pop(handler, None)
-        if timer is not None:
-            timer.cancel()
-        return handler in self._over_cap
-
-    def _head_timed_out(self, handler: RequestHandler) -> None:
-        self._head_timers.pop(handler, None)
-        self.timed_out += 1
-        logger.info(
-            "closing a connection without a complete request head after %gs "
-            "(server.header_timeout)",
-            self._header_timeout,
-        )
-        handler.force_close()
-
-
-def _settle(future: asyncio.Future[None], _: object) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 class AppServer:
@@ -137,7 +69,8 @@ class AppServer:
         self._proxies = TrustedProxies(config.trusted_proxies)
         self._scheme = "https" if config.tls_certfile else "http"
         self._server: asyncio.AbstractServer | None = None
-        self._web_server: _GuardedServer | None = None
+        self._connections: Connections | None = None
+        self._ws_server: web.Server | None = None
         self._active: set[HttpExchange] = set()
         self._websockets: set[WebSocketSession] = set()
         self._ws_settings = WebSocketSettings(
@@ -159,8 +92,14 @@ class AppServer:
     @property
     def connections_open(self) -> int:
         """Open client connections (read from the admin thread at scrape time)."""
-        web_server = self._web_server
-        return len(web_server.connections) if web_server is not None else 0
+        connections, ws_server = self._connections, self._ws_server
+        total = len(connections.open) if connections is not None else 0
+        return total + (len(ws_server.connections) if ws_server is not None else 0)
+
+    @property
+    def connections(self) -> Connections | None:
+        """The HTTP connections of the app port (None before ``start``)."""
+        return self._connections
 
     @property
     def websocket_connections(self) -> int:
@@ -174,25 +113,33 @@ class AppServer:
         """Bind the listening socket; raise ``BindError`` when that is impossible."""
         loop = asyncio.get_running_loop()
         config = self._config
-        self._web_server = _GuardedServer(
-            self._handle,
-            max_connections=config.max_connections,
-            header_timeout=config.header_timeout,
+        self._connections = Connections(
+            ConnectionSettings(
+                keep_alive_timeout=config.keep_alive_timeout,
+                header_timeout=config.header_timeout,
+                max_connections=config.max_connections,
+                max_request_line=config.max_request_line,
+                max_header_size=config.max_header_size,
+                max_headers=config.max_headers,
+                body_limits=self._body_limits,
+            ),
+            self,
+        )
+        self._ws_server = web.Server(
+            self._handle_upgrade,
             request_factory=self._make_request,
             keepalive_timeout=config.keep_alive_timeout,
             access_log=None,
             max_line_size=config.max_request_line,
             max_field_size=config.max_header_size,
             max_headers=config.max_headers,
-            # The app gets the body as the client sent it (content-encoding included), as
-            # with any ASGI server; decompressing here would also invite zip bombs.
             auto_decompress=False,
         )
         host, port = self._config.host, self._config.port
         tls = self._tls_context()
         try:
             self._server = await loop.create_server(
-                self._web_server,
+                self._connections,
                 host,
                 port,
                 backlog=self._config.backlog,
@@ -229,18 +176,19 @@ class AppServer:
     ) -> AsgiRequest:
         return AsgiRequest(message, payload, protocol, writer, task, asyncio.get_running_loop())
 
-    def _scope(self, request: AsgiRequest, version: str) -> dict[str, Any]:
-        message = request._message
+    def _scope(
+        self,
+        message: RawRequestMessage,
+        version: str,
+        client: tuple[str, int] | None,
+        server: tuple[str, int] | None,
+    ) -> dict[str, Any]:
         target: str = message.path
         raw, _, query = target.partition("?")
         if not raw.startswith("/"):  # absolute-form target (a client talking to a proxy)
-            raw = request.rel_url.raw_path
-            query = request.rel_url.raw_query_string
+            raw = message.url.raw_path
+            query = message.url.raw_query_string
         path = unquote(raw) if "%" in raw else raw
-        transport = request.transport
-        peer = transport.get_extra_info("peername") if transport is not None else None
-        local = transport.get_extra_info("sockname") if transport is not None else None
-        client = (peer[0], peer[1]) if isinstance(peer, tuple) else None
         root = self._root_path
         scope: dict[str, Any] = {
             "type": "http",
@@ -254,7 +202,7 @@ class AppServer:
             "root_path": root,
             "headers": [(name.lower(), value) for name, value in message.raw_headers],
             "client": client,
-            "server": (local[0], local[1]) if isinstance(local, tuple) else None,
+            "server": server,
             "state": self._state.copy(),
             "extensions": {"http.response.pathsend": {}},
         }
@@ -286,29 +234,26 @@ class AppServer:
                 (name, host if name == b"host" else value) for name, value in scope["headers"]
             ]
 
-    async def _handle(self, base_request: BaseRequest) -> web.StreamResponse:
-        request = cast(AsgiRequest, base_request)  # built by _make_request
-        message = request._message
-        version = HTTP_VERSIONS.get((message.version[0], message.version[1]), "1.1")
-        if message.upgrade and message.headers.get("Upgrade", "").lower() == "websocket":
-            return await self._handle_websocket(request, version)
-        web_server = self._web_server
-        over_cap = web_server is not None and web_server.head_received(request.protocol)
-        keep_alive = not message.should_close and not self._closing and not over_cap
-        exchange = HttpExchange(request, version, keep_alive, self._body_limits)
-        refusal = self._refusal(request, over_cap)
+    def dispatch(self, exchange: HttpExchange, over_cap: bool) -> None:
+        """Run the app on a request a connection received, or refuse it (returns at once).
+
+        The app runs in a task of its own; the connection moves on once the response is
+        complete, so work the app does afterwards (background tasks) does not hold up
+        the next request on a keep-alive connection. ``stop()`` still waits for it.
+        """
+        if self._closing:
+            exchange.keep_alive = False
+        refusal = self._refusal(exchange, over_cap)
         if refusal is not None:
             status, extra = refusal
-            exchange.fail(status, extra)
-            exchange.close_if_body_never_sent()
-            if status == 413:
+            if status == 413 or over_cap:
                 exchange.keep_alive = False
             if self._stats is not None:
-                self._stats.observe(request.method, status, 0.0)
-            return KEEP_ALIVE if exchange.keep_alive else CLOSE
+                self._stats.observe(exchange.message.method, status, 0.0)
+            exchange.fail(status, extra)
+            return
         if self._ending_streams:
             exchange.end_listening()
-        request.exchange = exchange
         self._active.add(exchange)
         self._idle.clear()
         stats = self._stats
@@ -316,35 +261,24 @@ class AppServer:
             stats.in_flight += 1
         if self._record_requests:
             exchange.on_complete = self._completed
-        scope = self._scope(request, version)
-        # The app runs in a task of its own and the connection moves on once the response
-        # is complete: work the app does afterwards (background tasks) must not hold up
-        # the next request on a keep-alive connection. stop() still waits for that work.
-        loop = asyncio.get_running_loop()
-        responded = exchange.responded = loop.create_future()
-        call = loop.create_task(self._call(request, exchange, scope))
-        exchange.task = call
-        call.add_done_callback(partial(_settle, responded))
-        try:
-            await responded
-        except asyncio.CancelledError:
-            call.cancel()
-            raise
-        exchange.close_if_body_never_sent()
-        return KEEP_ALIVE if exchange.keep_alive and exchange.complete else CLOSE
+        connection = exchange.connection
+        assert isinstance(connection, HttpConnection)
+        scope = self._scope(
+            exchange.message, exchange.version, connection.client, connection.server
+        )
+        exchange.task = asyncio.get_running_loop().create_task(self._call(exchange, scope))
 
-    async def _call(
-        self, request: AsgiRequest, exchange: HttpExchange, scope: dict[str, Any]
-    ) -> None:
+    async def _call(self, exchange: HttpExchange, scope: dict[str, Any]) -> None:
         """Run the app on one request to its end; count it if no response completed."""
+        method = scope["method"]
         try:
             await self._app(scope, exchange.receive, exchange.send)
         except Exception as exc:
             if exchange.disconnected and isinstance(exc, ClientDisconnected):
-                logger.debug("client left during %s %s", request.method, scope["path"])
+                logger.debug("client left during %s %s", method, scope["path"])
             else:
                 logger.exception(
-                    "exception in ASGI app while handling %s %s", request.method, scope["path"]
+                    "exception in ASGI app while handling %s %s", method, scope["path"]
                 )
             exchange.fail()
         else:
@@ -355,7 +289,7 @@ class AppServer:
                 logger.error(
                     "ASGI app returned %s the response to %s %s",
                     "before finishing" if exchange.started else "without sending",
-                    request.method,
+                    method,
                     scope["path"],
                 )
                 exchange.fail()
@@ -363,20 +297,20 @@ class AppServer:
             self._active.discard(exchange)
             if not self._active:
                 self._idle.set()
-            request.exchange = None
         if self._record_requests and not exchange.recorded:
             exchange.recorded = True
             self._completed(exchange)  # no response reached the client
 
     def _refusal(
-        self, request: AsgiRequest, over_cap: bool
+        self, exchange: HttpExchange, over_cap: bool
     ) -> tuple[int, list[tuple[bytes, bytes]]] | None:
         """Refuse a request before the app sees it: overload (503) or a body too large (413)."""
+        message = exchange.message
         if over_cap:
             logger.warning(
                 "refusing %s %s: more than %d connections open (server.max_connections)",
-                request.method,
-                request.path,
+                message.method,
+                message.path,
                 self._config.max_connections,
             )
             return 503, [(b"retry-after", b"1")]
@@ -384,22 +318,24 @@ class AppServer:
         if limit and len(self._active) >= limit:
             logger.warning(
                 "refusing %s %s: %d requests in flight (server.max_requests_in_flight)",
-                request.method,
-                request.path,
+                message.method,
+                message.path,
                 len(self._active),
             )
             return 503, [(b"retry-after", b"1")]
         max_body = self._config.max_body_size
-        length = request.content_length
-        if max_body and length is not None and length > max_body:
-            logger.info(
-                "refusing %s %s: content-length %d exceeds server.max_body_size (%d)",
-                request.method,
-                request.path,
-                length,
-                max_body,
-            )
-            return 413, []
+        if max_body and exchange.payload is not EMPTY_PAYLOAD:
+            length = message.headers.get("Content-Length")
+            # The parser has checked that a content-length is a number.
+            if length is not None and int(length) > max_body:
+                logger.info(
+                    "refusing %s %s: content-length %s exceeds server.max_body_size (%d)",
+                    message.method,
+                    message.path,
+                    length,
+                    max_body,
+                )
+                return 413, []
         return None
 
     def _completed(self, exchange: HttpExchange) -> None:
@@ -409,26 +345,58 @@ class AppServer:
         its response also sees it counted (and no longer in flight) on /metrics.
         """
         elapsed = time.perf_counter() - exchange.started_at
-        request = exchange.request
+        message = exchange.message
         status = exchange.status if exchange.started else (499 if exchange.disconnected else 500)
         stats = self._stats
         if stats is not None:
             stats.in_flight -= 1
-            stats.observe(request.method, status, elapsed)
+            stats.observe(message.method, status, elapsed)
         if self._access_log:
-            peer = request.transport.get_extra_info("peername") if request.transport else None
+            connection = exchange.connection
+            client = connection.client if isinstance(connection, HttpConnection) else None
             access_logger.info(
                 '%s - "%s %s HTTP/%s" %d %.1fms',
-                peer[0] if isinstance(peer, tuple) else "-",
-                request.method,
-                request._message.path,
+                client[0] if client is not None else "-",
+                message.method,
+                message.path,
                 exchange.version,
                 status,
                 elapsed * 1000,
             )
 
+    def hand_off(self, transport: asyncio.Transport, data: bytes) -> None:
+        """Serve a connection on aiohttp's server from here on (a WebSocket upgrade).
+
+        ``data`` is the upgrade request's head followed by whatever the client sent after
+        it; aiohttp parses it again and does the handshake.
+        """
+        ws_server = self._ws_server
+        assert ws_server is not None
+        handler = ws_server()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        handler.data_received(data)
+
+    async def _handle_upgrade(self, base_request: BaseRequest) -> web.StreamResponse:
+        request = cast(AsgiRequest, base_request)  # built by _make_request
+        message = request._message
+        version = HTTP_VERSIONS.get((message.version[0], message.version[1]), "1.1")
+        if not (message.upgrade and message.headers.get("Upgrade", "").lower() == "websocket"):
+            # Only upgrade requests are handed over, and the connection closes after the
+            # WebSocket; anything else here is a client talking past the close.
+            return CLOSE
+        return await self._handle_websocket(request, version)
+
     async def _handle_websocket(self, request: AsgiRequest, version: str) -> web.StreamResponse:
-        scope = self._scope(request, version)
+        transport = request.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        local = transport.get_extra_info("sockname") if transport is not None else None
+        scope = self._scope(
+            request._message,
+            version,
+            (peer[0], peer[1]) if isinstance(peer, tuple) else None,
+            (local[0], local[1]) if isinstance(local, tuple) else None,
+        )
         del scope["method"]
         scope["type"] = "websocket"
         scope["scheme"] = "wss" if scope["scheme"] == "https" else "ws"
@@ -490,10 +458,11 @@ class AppServer:
             exchange.keep_alive = False
         if self._server is not None:
             self._server.close()
-        web_server = self._web_server
-        if web_server is None:
+        connections, ws_server = self._connections, self._ws_server
+        if connections is None or ws_server is None:
             return
-        web_server.pre_shutdown()
+        connections.close_idle()
+        ws_server.pre_shutdown()
         await self.end_streams(graceful_timeout)
         if self._active:
             waiters = {asyncio.ensure_future(self._idle.wait())}
@@ -524,6 +493,7 @@ class AppServer:
                     # it cancels the app call too.
                     for exchange in list(self._active):
                         exchange.cancel()
-        await web_server.shutdown(timeout=0.1)
+        connections.close_all()
+        await ws_server.shutdown(timeout=0.1)
         if self._server is not None:
             await self._server.wait_closed()

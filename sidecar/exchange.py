@@ -1,11 +1,15 @@
-"""One HTTP request/response between aiohttp and an ASGI app.
+"""One HTTP request/response between a client connection and an ASGI app.
 
 Responses do not go through aiohttp's response objects. The app's header bytes are
 written as they came (checked for CR/LF, never decoded and re-encoded), a complete
-response leaves in one ``transport.write``, and aiohttp is handed a finished marker
-that tells it whether to keep the connection. Responses are written as soon as the app
-sends them, so work an app does after its response (Starlette background tasks) does
-not delay the client.
+response leaves in one ``transport.write``, and the connection is told when the
+response is done, so it can serve its next request. Responses are written as soon as
+the app sends them, so work an app does after its response (Starlette background
+tasks) does not delay the client.
+
+The connection is either the sidecar's own (``connection.HttpConnection``) or, for the
+HTTP side of a WebSocket handshake, aiohttp's server protocol; both are aiohttp
+``BaseProtocol``s, which give write flow control.
 """
 
 from __future__ import annotations
@@ -18,9 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import cast
+from typing import Protocol, cast
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.web_protocol import RequestPayloadError
 from aiohttp.web_request import BaseRequest
 
 from .errors import UnexpectedMessageError
@@ -88,6 +96,28 @@ class _DateLine:
 _date = _DateLine()
 
 
+def simple_response(status: int, extra: list[tuple[bytes, bytes]] | None = None) -> bytes:
+    """A complete plain-text response (the status phrase) that closes the connection."""
+    body = HTTPStatus(status).phrase.encode("ascii")
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, body)]
+    lines.extend(b"%s: %s\r\n" % pair for pair in (*ERROR_HEADERS, *(extra or ())))
+    lines.append(b"content-length: %d\r\n" % len(body))
+    lines.append(_date.get())
+    lines.append(b"connection: close\r\n\r\n")
+    return b"".join(lines) + body
+
+
+class Connection(Protocol):
+    """The connection an exchange writes to (an aiohttp ``BaseProtocol``)."""
+
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
+
+    def force_close(self) -> None: ...
+
+    async def _drain_helper(self) -> None: ...
+
+
 class AsgiRequest(BaseRequest):
     """A request that tells its exchange when the client goes away.
 
@@ -119,7 +149,7 @@ class InvalidResponseError(ValueError):
 
 
 class HttpExchange:
-    """One request/response between aiohttp and the app."""
+    """One request/response between a connection and the app."""
 
     __slots__ = (
         "_body_done",
@@ -132,15 +162,17 @@ class HttpExchange:
         "_limits",
         "_no_body",
         "_received",
-        "_request",
         "_sent",
         "_version",
         "complete",
+        "connection",
         "disconnected",
         "keep_alive",
+        "message",
         "on_complete",
+        "on_done",
+        "payload",
         "recorded",
-        "responded",
         "started",
         "started_at",
         "status",
@@ -149,12 +181,16 @@ class HttpExchange:
 
     def __init__(
         self,
-        request: AsgiRequest,
+        connection: Connection,
+        message: RawRequestMessage,
+        payload: StreamReader,
         version: str,
         keep_alive: bool,
         limits: BodyLimits = NO_LIMITS,
     ) -> None:
-        self._request = request
+        self.connection = connection
+        self.message = message
+        self.payload = payload
         self._limits = limits
         self._received = 0
         self._version = version
@@ -174,13 +210,13 @@ class HttpExchange:
         #: whatever it records is in place before the client can see the response.
         self.on_complete: Callable[[HttpExchange], None] | None = None
         self.recorded = False
+        #: Called once, after the last bytes of the response were handed to the transport.
+        self.on_done: Callable[[HttpExchange], None] | None = None
         self.started_at = time.perf_counter()
         #: The status line has been written: an error can no longer become a 500.
         self.started = False
         self.complete = False
         self.disconnected = False
-        #: Done once the response is complete (set by the server to hear about it).
-        self.responded: asyncio.Future[None] | None = None
         #: The task running the app call for this exchange.
         self.task: asyncio.Task[None] | None = None
 
@@ -207,15 +243,15 @@ class HttpExchange:
 
     async def receive(self) -> Message:
         if self.complete:
-            # The spec's answer once the response is sent, body read or not; the request
-            # body now belongs to aiohttp, which drains it for the connection's next request.
+            # The spec's answer once the response is sent, body read or not; the rest of
+            # the request body now belongs to the connection, which discards it.
             return {"type": "http.disconnect"}
         if not self._body_done:
-            request = self._request
-            if not request.body_exists:
+            content = self.payload
+            if content is EMPTY_PAYLOAD:
                 self._body_done = True
                 return {"type": "http.request", "body": b"", "more_body": False}
-            content = request.content
+            message = self.message
             if not self._continued:
                 self._continued = True
                 self._answer_expect_continue()
@@ -229,11 +265,15 @@ class HttpExchange:
             except TimeoutError:
                 logger.info(
                     "%s %s: no request body data for %gs (server.body_timeout); closing",
-                    request.method,
-                    request.path,
+                    message.method,
+                    message.path,
                     limits.read_timeout,
                 )
                 self._refuse_body(408)
+                return {"type": "http.disconnect"}
+            except (HttpProcessingError, RequestPayloadError) as exc:  # broken body framing
+                logger.info("%s %s: invalid request body: %s", message.method, message.path, exc)
+                self._refuse_body(400)
                 return {"type": "http.disconnect"}
             except Exception:  # the connection was lost while reading the body
                 self.disconnect()
@@ -242,8 +282,8 @@ class HttpExchange:
             if limits.max_size and self._received > limits.max_size:
                 logger.info(
                     "%s %s: request body passed server.max_body_size (%d bytes); closing",
-                    request.method,
-                    request.path,
+                    message.method,
+                    message.path,
                     limits.max_size,
                 )
                 self._refuse_body(413)
@@ -265,13 +305,20 @@ class HttpExchange:
         """
         if self._version != "1.1" or self.started:
             return
-        transport = self._request.transport
+        transport = self.connection.transport
         if transport is not None and self._expects_continue():
             transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _expects_continue(self) -> bool:
-        expect = self._request.headers.get("Expect")
+        expect = self.message.headers.get("Expect")
         return expect is not None and expect.lower() == "100-continue"
+
+    @property
+    def awaiting_continue(self) -> bool:
+        """Whether the client still waits for ``100 Continue`` before sending its body."""
+        return (
+            not self._continued and self.payload is not EMPTY_PAYLOAD and (self._expects_continue())
+        )
 
     def _refuse_body(self, status: int) -> None:
         """Stop reading a body that broke a limit: answer ``status`` if possible, then close.
@@ -284,19 +331,7 @@ class HttpExchange:
             self.fail(status)
         self.keep_alive = False
         self.disconnect()
-        self._request.protocol.force_close()
-
-    def close_if_body_never_sent(self) -> None:
-        """Close at once when the client is still waiting for ``100 Continue``.
-
-        The app answered without reading the body, so the client will never send it;
-        waiting for (and discarding) a body that is not coming would hold the connection.
-        """
-        if self._continued or not self.complete or not self._request.body_exists:
-            return
-        if self._expects_continue():
-            self.keep_alive = False
-            self._request.protocol.force_close()
+        self.connection.force_close()
 
     async def receive_disconnect(self) -> None:
         """Wait until the client goes away or the server ends the exchange."""
@@ -337,8 +372,8 @@ class HttpExchange:
             else:
                 self.write(b"", body, more)
             if more:
-                writer = self._request.writer
-                await writer.drain()  # returns at once unless the client reads slowly
+                # Returns at once unless the client reads slower than the app writes.
+                await self.connection._drain_helper()
             return
         if kind == "http.response.start":
             if self._headers is not None:
@@ -388,13 +423,9 @@ class HttpExchange:
                 head = b""
                 if not more:
                     return
-                await self._request.writer.drain()
+                await self.connection._drain_helper()
         finally:
             handle.close()
-
-    @property
-    def request(self) -> AsgiRequest:
-        return self._request
 
     @property
     def version(self) -> str:
@@ -418,7 +449,7 @@ class HttpExchange:
             return
         if self.started or self.disconnected:
             self.keep_alive = False
-            transport = self._request.transport
+            transport = self.connection.transport
             if transport is not None:
                 transport.abort()
             return
@@ -442,8 +473,8 @@ class HttpExchange:
         status = self.status
         headers = self._headers or []
         version = self._version
-        request = self._request
-        self._no_body = request.method == "HEAD" or status < 200 or status in (204, 304)
+        message = self.message
+        self._no_body = message.method == "HEAD" or status < 200 or status in (204, 304)
         reason = _REASONS.get(status, b"")
         lines = [b"HTTP/%s %d %s\r\n" % (version.encode("ascii"), status, reason)]
         has_date = has_connection = False
@@ -469,7 +500,7 @@ class HttpExchange:
             elif lowered == b"date":
                 has_date = True
             lines.append(b"%s: %s\r\n" % (name, value))
-        if request.method == "HEAD" and self._declared is None and length:
+        if message.method == "HEAD" and self._declared is None and length:
             # The app built the body it would send to a GET; its length is the truth.
             lines.append(b"content-length: %d\r\n" % length)
         elif not self._no_body and self._declared is None and not self._chunked:
@@ -486,8 +517,8 @@ class HttpExchange:
             logger.error(
                 "%s %s: the app declared content-length %s but sent %d bytes; "
                 "closing the connection",
-                request.method,
-                request.path,
+                message.method,
+                message.path,
                 self._declared,
                 length,
             )
@@ -503,7 +534,7 @@ class HttpExchange:
         return b"".join(lines)
 
     def write(self, head: bytes, body: bytes, more: bool) -> None:
-        transport = self._request.transport
+        transport = self.connection.transport
         if transport is None or transport.is_closing():
             self.disconnect()
             raise ClientDisconnected("the client closed the connection")
@@ -525,9 +556,6 @@ class HttpExchange:
             # A receive() already waiting (a task listening for the client to leave, as
             # Litestar's Stream does) gets http.disconnect now, as a later call would.
             self._wake_receiver()
-            responded = self.responded
-            if responded is not None and not responded.done():
-                responded.set_result(None)
             if (
                 not self._no_body
                 and not self._chunked
@@ -540,3 +568,5 @@ class HttpExchange:
                 self.on_complete(self)
         if data:
             transport.write(data)
+        if not more and self.on_done is not None:
+            self.on_done(self)

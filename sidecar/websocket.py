@@ -61,7 +61,9 @@ class WebSocketSession:
         self._ws: web.WebSocketResponse | None = None
         self._accepted = asyncio.Event()
         #: The HTTP side of the handshake: denial responses, and disconnects before accept.
-        self.handshake = HttpExchange(request, version, keep_alive=False)
+        self.handshake = HttpExchange(
+            request.protocol, request._message, request._payload, version, keep_alive=False
+        )
         self._server_close_code: int | None = None
         #: The close code the app was told about, or sent (for logs and tests).
         self.close_code: int | None = None

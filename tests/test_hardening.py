@@ -111,7 +111,7 @@ def test_slow_request_head_is_cut_after_the_header_timeout(run_sidecar: Any) -> 
         assert sock.recv(1024) == b""  # closed by the server
     assert time.monotonic() - began < 10
     assert recorder.scopes == []
-    assert running.sidecar.app_server._web_server.timed_out == 1
+    assert running.sidecar.app_server.connections.timed_out == 1
 
 
 def test_slow_request_body_is_cut_after_the_body_timeout(run_sidecar: Any) -> None:
