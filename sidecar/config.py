@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from .addresses import parse_networks
 from .errors import ConfigError
 
@@ -448,6 +446,8 @@ def _coerce_checks(spec: KeySpec, value: Any, *, from_text: bool) -> tuple[Healt
     """Validate ``health.checks``; every problem names its item and key, e.g. ``[1].timeout``."""
     if from_text and isinstance(value, str):
         # From the environment the list is written in YAML (or JSON, a subset of it).
+        import yaml  # imported when needed: it costs startup time and memory
+
         try:
             value = yaml.safe_load(value)
         except yaml.YAMLError:
@@ -571,6 +571,8 @@ def _file_layer(path: Path, problems: list[str]) -> _Layer:
     except OSError as exc:
         problems.append(f"{path}: cannot read config file: {exc.strerror or exc}")
         return layer
+    import yaml  # imported when needed: it costs startup time and memory
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -784,4 +786,6 @@ def require_target(config: Config) -> None:
 
 def dump_config(config: Config) -> str:
     """Render the effective configuration as YAML."""
+    import yaml
+
     return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)

@@ -257,11 +257,15 @@ class HttpExchange:
                 self._answer_expect_continue()
             limits = self._limits
             try:
-                if limits.read_timeout:
-                    async with asyncio.timeout(limits.read_timeout):
+                # Most bodies are already buffered when the app asks: take them without
+                # waiting (and without arming the body timeout).
+                chunk = content.read_nowait() if content.exception() is None else b""
+                if not chunk and not content.at_eof():
+                    if limits.read_timeout:
+                        async with asyncio.timeout(limits.read_timeout):
+                            chunk = await content.readany()
+                    else:
                         chunk = await content.readany()
-                else:
-                    chunk = await content.readany()
             except TimeoutError:
                 logger.info(
                     "%s %s: no request body data for %gs (server.body_timeout); closing",
