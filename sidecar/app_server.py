@@ -113,6 +113,16 @@ class AppServer:
         """Bind the listening socket; raise ``BindError`` when that is impossible."""
         loop = asyncio.get_running_loop()
         config = self._config
+        self._ws_server = ws_server = web.Server(
+            self._handle_upgrade,
+            request_factory=self._make_request,
+            keepalive_timeout=config.keep_alive_timeout,
+            access_log=None,
+            max_line_size=config.max_request_line,
+            max_field_size=config.max_header_size,
+            max_headers=config.max_headers,
+            auto_decompress=False,
+        )
         self._connections = Connections(
             ConnectionSettings(
                 keep_alive_timeout=config.keep_alive_timeout,
@@ -124,16 +134,7 @@ class AppServer:
                 body_limits=self._body_limits,
             ),
             self,
-        )
-        self._ws_server = web.Server(
-            self._handle_upgrade,
-            request_factory=self._make_request,
-            keepalive_timeout=config.keep_alive_timeout,
-            access_log=None,
-            max_line_size=config.max_request_line,
-            max_field_size=config.max_header_size,
-            max_headers=config.max_headers,
-            auto_decompress=False,
+            others=lambda: len(ws_server.connections),
         )
         host, port = self._config.host, self._config.port
         tls = self._tls_context()

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -74,9 +74,17 @@ class Dispatcher(Protocol):
 class Connections:
     """The open connections of one listener; the protocol factory for ``create_server``."""
 
-    def __init__(self, settings: ConnectionSettings, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self,
+        settings: ConnectionSettings,
+        dispatcher: Dispatcher,
+        others: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.settings = settings
         self.dispatcher = dispatcher
+        #: Connections open elsewhere that count towards ``max_connections`` (the
+        #: WebSockets handed off to aiohttp).
+        self.others = others
         self.open: set[HttpConnection] = set()
         #: Set when the server stops: idle connections close, busy ones after their response.
         self.closing = False
@@ -152,7 +160,8 @@ class HttpConnection(BaseProtocol):
         self.client = (peer[0], peer[1]) if isinstance(peer, tuple) else None
         self.server = (local[0], local[1]) if isinstance(local, tuple) else None
         settings = self._settings
-        if settings.max_connections and len(manager.open) > settings.max_connections:
+        open_now = len(manager.open) + manager.others()
+        if settings.max_connections and open_now > settings.max_connections:
             # The first request is answered 503 and the connection closed. Answering
             # after reading it (not at once) lets the client read the 503, not a reset.
             manager.refused += 1

@@ -59,6 +59,18 @@ def _cumulative(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[st
     return buckets
 
 
+class _MethodStats:
+    """Counts of one method: per status code, per latency bucket, and the latency sum."""
+
+    __slots__ = ("buckets", "codes", "total")
+
+    def __init__(self, bucket_count: int) -> None:
+        self.codes: dict[int, int] = {}
+        # observations per bucket (not cumulative; the last one is +Inf)
+        self.buckets = [0] * bucket_count
+        self.total = 0.0
+
+
 class RequestStats(Collector):
     """Request count, latency histogram and in-flight gauge, recorded without locks.
 
@@ -70,43 +82,50 @@ class RequestStats(Collector):
 
     def __init__(self, buckets: Sequence[float] = REQUEST_BUCKETS) -> None:
         self._bounds = tuple(buckets)
-        self._counts: dict[tuple[str, int], int] = {}
-        # per method: observations per bucket (not cumulative; the last is +Inf) and sum
-        self._buckets: dict[str, list[int]] = {}
-        self._sums: dict[str, float] = {}
+        # Only known methods get a record of their own; the rest share "other" (the
+        # method comes from the client, and labels must stay bounded).
+        self._methods: dict[str, _MethodStats] = {}
         self.in_flight = 0
 
     def observe(self, method: str, status: int, seconds: float) -> None:
+        stats = self._methods.get(method)
+        if stats is None:
+            stats = self._add(method)
+        codes = stats.codes
+        codes[status] = codes.get(status, 0) + 1
+        stats.buckets[bisect_left(self._bounds, seconds)] += 1
+        stats.total += seconds
+
+    def _add(self, method: str) -> _MethodStats:
         label = method if method in KNOWN_METHODS else "other"
-        key = (label, status)
-        self._counts[key] = self._counts.get(key, 0) + 1
-        buckets = self._buckets.get(label)
-        if buckets is None:
-            buckets = self._buckets[label] = [0] * (len(self._bounds) + 1)
-            self._sums[label] = 0.0
-        buckets[bisect_left(self._bounds, seconds)] += 1
-        self._sums[label] += seconds
+        stats = self._methods.get(label)
+        if stats is None:
+            # A new dict, swapped in whole: a scrape iterating a copy never sees it grow.
+            stats = _MethodStats(len(self._bounds) + 1)
+            self._methods = {**self._methods, label: stats}
+        return stats
 
     def collect(self) -> Iterable[Metric]:
-        counts = self._counts.copy()
-        sums = self._sums.copy()
-        per_method = {method: list(b) for method, b in self._buckets.copy().items()}
+        snapshot = [
+            (method, stats.codes.copy(), list(stats.buckets), stats.total)
+            for method, stats in sorted(self._methods.items())
+        ]
         requests = CounterMetricFamily(
             "sidecar_http_requests",
             "HTTP requests served by the app port, by method and status code.",
             labels=["method", "code"],
         )
-        for (method, status), count in sorted(counts.items()):
-            requests.add_metric([method, str(status)], count)
+        for method, codes, _, _ in snapshot:
+            for status, count in sorted(codes.items()):
+                requests.add_metric([method, str(status)], count)
         yield requests
         duration = HistogramMetricFamily(
             "sidecar_http_request_duration_seconds",
             "Time from request received to response completed, by method.",
             labels=["method"],
         )
-        for method, buckets in sorted(per_method.items()):
-            cumulative = _cumulative(self._bounds, buckets)
-            duration.add_metric([method], cumulative, sum_value=sums.get(method, 0.0))
+        for method, _, buckets, total in snapshot:
+            duration.add_metric([method], _cumulative(self._bounds, buckets), sum_value=total)
         yield duration
         yield GaugeMetricFamily(
             "sidecar_http_requests_in_flight",

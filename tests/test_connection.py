@@ -80,14 +80,20 @@ def test_a_body_the_app_did_not_read_is_discarded_and_the_connection_reused(
     assert second[0].startswith(b"HTTP/1.1 200")
 
 
+def upgrade_request(key: bytes, path: bytes = b"/echo") -> bytes:
+    return (
+        b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: "
+        + key
+        + b"\r\n\r\n"
+    )
+
+
 def test_websocket_upgrade_after_requests_on_the_same_connection(run_sidecar: Any) -> None:
     app = apps.WebSocketApp()
     running = run_sidecar(app)
     key = base64.b64encode(os.urandom(16))
-    upgrade = (
-        b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key + b"\r\n\r\n"
-    )
+    upgrade = upgrade_request(key)
     with open_socket(running.app()) as sock:
         # A plain request first, then the upgrade pipelined with it, then a frame that
         # arrives with the upgrade request: nothing may be lost on the way to aiohttp.
@@ -182,3 +188,18 @@ def test_a_body_that_breaks_chunked_framing_midway_gets_400(run_sidecar: Any) ->
     assert reply.startswith(b"HTTP/1.1 400 ")
     assert app.ended.wait(WAIT)
     assert app.last == {"type": "http.disconnect"}
+
+
+def test_websockets_count_towards_the_connection_cap(run_sidecar: Any) -> None:
+    app = apps.WebSocketApp()
+    running = run_sidecar(app, server__max_connections=2)
+    with open_socket(running.app()) as websocket, open_socket(running.app()) as held:
+        websocket.sendall(upgrade_request(base64.b64encode(os.urandom(16))))
+        assert websocket.recv(65536).startswith(b"HTTP/1.1 101")
+        held.sendall(b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n")
+        read_responses(held, 1)
+        # One WebSocket and one keep-alive connection are open: a third is refused.
+        with open_socket(running.app()) as third:
+            third.sendall(b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n")
+            ((head, _),) = read_responses(third, 1)
+    assert head.startswith(b"HTTP/1.1 503 ")
