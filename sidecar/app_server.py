@@ -66,6 +66,8 @@ class AppServer:
         self._record_requests = access_log or self._stats is not None
         self._root_path = config.root_path
         self._body_limits = BodyLimits(config.max_body_size, config.body_timeout)
+        # Whether a request without a body can be refused (only by the in-flight cap).
+        self._may_refuse = bool(config.max_requests_in_flight)
         self._proxies = TrustedProxies(config.trusted_proxies)
         self._scheme = "https" if config.tls_certfile else "http"
         self._server: asyncio.AbstractServer | None = None
@@ -244,7 +246,9 @@ class AppServer:
         """
         if self._closing:
             exchange.keep_alive = False
-        refusal = self._refusal(exchange, over_cap)
+        refusal = None
+        if over_cap or self._may_refuse or exchange.payload is not EMPTY_PAYLOAD:
+            refusal = self._refusal(exchange, over_cap)
         if refusal is not None:
             status, extra = refusal
             if status == 413 or over_cap:
@@ -255,15 +259,16 @@ class AppServer:
             return
         if self._ending_streams:
             exchange.end_listening()
-        self._active.add(exchange)
-        self._idle.clear()
+        active = self._active
+        if not active:
+            self._idle.clear()
+        active.add(exchange)
         stats = self._stats
         if stats is not None:
             stats.in_flight += 1
         if self._record_requests:
             exchange.on_complete = self._completed
-        connection = exchange.connection
-        assert isinstance(connection, HttpConnection)
+        connection = cast(HttpConnection, exchange.connection)  # the only caller
         scope = self._scope(
             exchange.message, exchange.version, connection.client, connection.server
         )

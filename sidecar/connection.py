@@ -311,8 +311,8 @@ class HttpConnection(BaseProtocol):
                 self._resume_reading_for_buffer()
 
     def _start(self, message: RawRequestMessage, payload: StreamReader) -> None:
-        version = HTTP_VERSIONS.get((message.version[0], message.version[1]), "1.1")
-        keep_alive = not (message.should_close or self._over_cap or _is_connect(message))
+        version = HTTP_VERSIONS.get(message.version, "1.1")  # HttpVersion is a tuple
+        keep_alive = not (message.should_close or self._over_cap or message.method == "CONNECT")
         exchange = HttpExchange(
             self, message, payload, version, keep_alive, self._settings.body_limits
         )

@@ -46,6 +46,13 @@ HTTP_VERSIONS = {(1, 1): "1.1", (1, 0): "1.0"}
 DISCONNECT_GRACE = 1.0
 
 _REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+_STATUS_LINES = {
+    (version, status): b"HTTP/%s %d %s\r\n" % (version.encode("ascii"), status, reason)
+    for version in ("1.1", "1.0")
+    for status, reason in _REASONS.items()
+}
+# Response headers that decide framing and keep-alive (lower-cased).
+_FRAMING_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"connection", b"date"))
 # Bytes read from a file per write for http.response.pathsend.
 _FILE_CHUNK = 256 * 1024
 ERROR_HEADERS = [(b"content-type", b"text/plain; charset=utf-8")]
@@ -475,19 +482,21 @@ class HttpExchange:
         body, else chunked (HTTP/1.1) or close-delimited (HTTP/1.0).
         """
         status = self.status
-        headers = self._headers or []
+        headers = self._headers or ()
         version = self._version
         message = self.message
         self._no_body = message.method == "HEAD" or status < 200 or status in (204, 304)
-        reason = _REASONS.get(status, b"")
-        lines = [b"HTTP/%s %d %s\r\n" % (version.encode("ascii"), status, reason)]
+        status_line = _STATUS_LINES.get((version, status))
+        if status_line is None:
+            reason = _REASONS.get(status, b"")
+            status_line = b"HTTP/%s %d %s\r\n" % (version.encode("ascii"), status, reason)
+        lines = [status_line]
         has_date = has_connection = False
         for name, value in headers:
-            if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name:
-                raise InvalidResponseError(
-                    f"response header {name!r} contains a line break; refusing to send it"
-                )
+            lines.append(b"%s: %s\r\n" % (name, value))
             lowered = name.lower()
+            if lowered not in _FRAMING_HEADERS:
+                continue
             if lowered == b"content-length":
                 try:
                     self._declared = int(value)
@@ -501,9 +510,18 @@ class HttpExchange:
                 has_connection = True
                 if b"close" in value.lower():
                     self.keep_alive = False
-            elif lowered == b"date":
+            else:  # date
                 has_date = True
-            lines.append(b"%s: %s\r\n" % (name, value))
+        # One line per header, so exactly one CR and one LF each: any other count means
+        # a name or value carries a line break (response splitting). Checked on the
+        # whole block at once; the culprit is looked for only when there is one.
+        block = b"".join(lines[1:])
+        if block.count(b"\n") != len(headers) or block.count(b"\r") != len(headers):
+            for name, value in headers:
+                if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name:
+                    raise InvalidResponseError(
+                        f"response header {name!r} contains a line break; refusing to send it"
+                    )
         if message.method == "HEAD" and self._declared is None and length:
             # The app built the body it would send to a GET; its length is the truth.
             lines.append(b"content-length: %d\r\n" % length)

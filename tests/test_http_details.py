@@ -146,3 +146,48 @@ def test_tls_on_the_app_port(run_sidecar: Any, tmp_path: Path) -> None:
     # plain HTTP on the TLS port is not served
     with pytest.raises((http.client.HTTPException, ConnectionError)):
         fetch(running.app("/"))
+
+
+def _headers_app(headers: list[tuple[bytes, bytes]]) -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise ValueError("no lifespan here")
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"hello"})
+
+    return app
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        (b"x-note", b"fine\r\nset-cookie: injected=1"),
+        (b"x-note", b"bare\nline feed"),
+        (b"x-note", b"bare\rcarriage return"),
+        (b"x-no\r\nte", b"value"),
+    ],
+)
+def test_a_header_with_a_line_break_is_never_sent(
+    run_sidecar: Any, header: tuple[bytes, bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    running = run_sidecar(_headers_app([(b"content-type", b"text/plain"), header]))
+    reply = fetch(running.app("/split"))
+    assert reply.status == 500
+    assert "injected" not in str(reply.headers)
+    assert "line break" in caplog.text
+
+
+def test_ordinary_headers_pass_through_byte_for_byte(run_sidecar: Any) -> None:
+    headers = [
+        (b"Content-Type", b"text/plain; charset=utf-8"),
+        (b"X-Dup", b"one"),
+        (b"x-dup", b"two"),
+        (b"X-Spaces", b"a  b\tc"),
+    ]
+    running = run_sidecar(_headers_app(headers))
+    with _open(running.app()) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        head = _read_head(sock)
+    lines = head.split(b"\r\n")
+    for name, value in headers:
+        assert name + b": " + value in lines
