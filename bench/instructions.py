@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("sidecar", "sidecar-no-metrics", "uvicorn")
@@ -69,9 +69,12 @@ def sidecar_protocol(metrics: bool) -> asyncio.Protocol:
     from sidecar.config import ServerConfig
     from sidecar.connection import Connections, ConnectionSettings
     from sidecar.metrics import Metrics
+    from sidecar.types import ASGIApp
 
     recorder = Metrics(version="bench", phases=["ready"], process_collectors=False)
-    server = AppServer(ServerConfig(), app, {}, metrics=recorder if metrics else None)
+    server = AppServer(
+        ServerConfig(), cast(ASGIApp, app), {}, metrics=recorder if metrics else None
+    )
     return Connections(ConnectionSettings(keep_alive_timeout=5.0), server)()
 
 

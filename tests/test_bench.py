@@ -1,0 +1,51 @@
+"""The benchmark's apps and harnesses work, so a benchmark run measures what it says."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from bench import apps, instructions
+from bench.compare import SCENARIOS, Results, Sample, markdown, summarize
+
+from .conftest import fetch
+
+
+def test_raw_bench_app_endpoints(run_sidecar: Any) -> None:
+    running = run_sidecar(apps.app)
+    assert fetch(running.app("/plain")).body == b"Hello, world!"
+    assert fetch(running.app("/json")).json() == {"message": "Hello, world!"}
+    body = bytes(range(256)) * 16
+    assert fetch(running.app("/echo"), "POST", body=body).body == body
+    streamed = fetch(running.app("/stream"))
+    assert streamed.headers["transfer-encoding"] == "chunked"
+    assert len(streamed.body) == apps.STREAM_CHUNKS * len(apps.STREAM_CHUNK) == 2**20
+    assert fetch(running.app("/block?ms=1")).status == 200
+
+
+def test_fastapi_bench_app_reads_lifespan_state(run_sidecar: Any) -> None:
+    from bench import fastapi_app
+
+    running = run_sidecar(fastapi_app.app)
+    assert fetch(running.app("/json")).json() == {"message": "Hello, world!"}
+
+
+@pytest.mark.parametrize("variant", instructions.VARIANTS)
+def test_instruction_harness_serves_requests(variant: str) -> None:
+    # The same driver valgrind counts: every request must be answered, or it hangs.
+    asyncio.run(asyncio.wait_for(instructions.drive(variant, 50, "/json"), timeout=30))
+
+
+def test_report_names_every_measured_scenario() -> None:
+    results = Results(args={"rounds": 1, "duration": 1}, machine={
+        "date": "2026-01-01", "cpus": 2, "python": "3.11", "platform": "linux",
+    })  # fmt: skip
+    for scenario in SCENARIOS:
+        results.samples.append(Sample("uvicorn", scenario.name, 1, 1000.0, 1.0, 2.0))
+        results.samples.append(Sample("sidecar", scenario.name, 1, 1100.0, 1.0, 2.5))
+    table = summarize(results, ["uvicorn", "sidecar"])
+    report = markdown(results, table, ["uvicorn", "sidecar"])
+    for scenario in SCENARIOS:
+        assert f"| {scenario.title} | 1,000 (2.0 ms) | 1,100 (2.5 ms) | **1.10x** |" in report
