@@ -11,6 +11,7 @@ same for every server and is not counted.
 
     python bench/instructions.py                 # sidecar (metrics on/off) and uvicorn
     python bench/instructions.py --path /json
+    python bench/instructions.py --path /echo    # POST of a 4 KiB body, echoed
 
 Needs valgrind (``apt-get install -y valgrind``); each figure takes about a minute.
 """
@@ -97,7 +98,12 @@ async def drive(variant: str, requests: int, path: str) -> None:
         protocol = sidecar_protocol(metrics=variant == "sidecar")
     transport = FakeTransport()
     protocol.connection_made(transport)
-    request = b"GET %s HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\n\r\n" % path.encode()
+    if path == "/echo":  # the POST scenario: a 4 KiB body, echoed
+        body = b"x" * 4096
+        request = b"POST /echo HTTP/1.1\r\nHost: bench\r\nContent-Length: %d\r\n\r\n" % len(body)
+        request += body
+    else:
+        request = b"GET %s HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\n\r\n" % path.encode()
     for _ in range(requests):
         protocol.data_received(request)
         await transport.answered.wait()  # the app runs in a task: let it answer
@@ -120,7 +126,7 @@ def count(variant: str, requests: int, path: str) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--path", default="/plain", choices=["/plain", "/json"])
+    parser.add_argument("--path", default="/plain", choices=["/plain", "/json", "/echo"])
     parser.add_argument("--requests", type=int, default=3000, help="requests counted")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--serve", nargs=2, metavar=("VARIANT", "N"), help=argparse.SUPPRESS)

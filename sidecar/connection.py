@@ -212,6 +212,13 @@ class HttpConnection(BaseProtocol):
         if not self._busy:
             self._serve_next()
 
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        # A request body calls this on every read once its buffer is below the low-water
+        # mark, paused or not; resuming (and re-running the parser) is only needed after
+        # a pause.
+        if self._reading_paused:
+            super().resume_reading(resume_parser)
+
     def eof_received(self) -> None:
         # The client half-closed: the transport closes (connection_lost follows).
         return None
