@@ -473,11 +473,10 @@ def markdown(results: Results, table: dict[str, object], servers: list[str]) -> 
     for name, row in table.items():
         assert isinstance(row, dict)
         if "sidecar-no-metrics" in row and other in row:
-            cost = 1 - _rps(row, other) / _rps(row, "sidecar-no-metrics")
+            on, off = _rps(row, other), _rps(row, "sidecar-no-metrics")
             lines.append(
-                f"| request metrics on vs off, `{name}` | | "
-                f"{_rps(row, other):,.0f} vs {_rps(row, 'sidecar-no-metrics'):,.0f} req/s "
-                f"({cost:+.1%} cost) |"
+                f"| req/s with request metrics on vs off, `{name}` | | "
+                f"{on:,.0f} vs {off:,.0f} (on/off {on / off:.2f}x) |"
             )
     args = results.args
     machine = results.machine

@@ -64,6 +64,8 @@ class AppServer:
         self._stats = metrics.requests if metrics is not None else None
         self._access_log = access_log
         self._record_requests = access_log or self._stats is not None
+        # Bound once: a bound method built per request shows up in the request path.
+        self._on_complete = self._completed if self._record_requests else None
         self._root_path = config.root_path
         self._body_limits = BodyLimits(config.max_body_size, config.body_timeout)
         # Whether a request without a body can be refused (only by the in-flight cap).
@@ -266,8 +268,7 @@ class AppServer:
         stats = self._stats
         if stats is not None:
             stats.in_flight += 1
-        if self._record_requests:
-            exchange.on_complete = self._completed
+        exchange.on_complete = self._on_complete
         connection = cast(HttpConnection, exchange.connection)  # the only caller
         scope = self._scope(
             exchange.message, exchange.version, connection.client, connection.server

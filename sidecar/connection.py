@@ -144,6 +144,7 @@ class HttpConnection(BaseProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._idle_since = 0.0
+        self._on_done = self._response_done  # bound once, not per request
         #: The peer and local addresses as ASGI ``client``/``server`` tuples.
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int] | None = None
@@ -323,7 +324,7 @@ class HttpConnection(BaseProtocol):
         exchange = HttpExchange(
             self, message, payload, version, keep_alive, self._settings.body_limits
         )
-        exchange.on_done = self._response_done
+        exchange.on_done = self._on_done
         self.exchange = exchange
         self._busy = True
         self._manager.dispatcher.dispatch(exchange, self._over_cap)
