@@ -68,8 +68,8 @@ class AppServer:
         self._on_complete = self._completed if self._record_requests else None
         self._root_path = config.root_path
         self._body_limits = BodyLimits(config.max_body_size, config.body_timeout)
-        # Whether a request without a body can be refused (only by the in-flight cap).
-        self._may_refuse = bool(config.max_requests_in_flight)
+        self._max_in_flight = config.max_requests_in_flight
+        self._max_body = config.max_body_size
         self._proxies = TrustedProxies(config.trusted_proxies)
         self._scheme = "https" if config.tls_certfile else "http"
         self._server: asyncio.AbstractServer | None = None
@@ -249,7 +249,12 @@ class AppServer:
         if self._closing:
             exchange.keep_alive = False
         refusal = None
-        if over_cap or self._may_refuse or exchange.payload is not EMPTY_PAYLOAD:
+        limit = self._max_in_flight
+        if (
+            over_cap
+            or (limit and len(self._active) >= limit)
+            or (self._max_body and exchange.payload is not EMPTY_PAYLOAD)
+        ):
             refusal = self._refusal(exchange, over_cap)
         if refusal is not None:
             status, extra = refusal

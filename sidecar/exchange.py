@@ -266,7 +266,7 @@ class HttpExchange:
             try:
                 # Most bodies are already buffered when the app asks: take them without
                 # waiting (and without arming the body timeout).
-                chunk = content.read_nowait() if content.exception() is None else b""
+                chunk = content.read_nowait()  # raises what broke the body, if anything
                 if not chunk and not content.at_eof():
                     if limits.read_timeout:
                         async with asyncio.timeout(limits.read_timeout):
