@@ -263,6 +263,8 @@ class AppServer:
             if self._stats is not None:
                 self._stats.observe(exchange.message.method, status, 0.0)
             exchange.fail(status, extra)
+            if self._access_log:  # refused requests appear in the access log too
+                self._log_access(exchange, status, time.perf_counter() - exchange.started_at)
             return
         if self._ending_streams:
             exchange.end_listening()
@@ -364,17 +366,21 @@ class AppServer:
             stats.in_flight -= 1
             stats.observe(message.method, status, elapsed)
         if self._access_log:
-            connection = exchange.connection
-            client = connection.client if isinstance(connection, HttpConnection) else None
-            access_logger.info(
-                '%s - "%s %s HTTP/%s" %d %.1fms',
-                client[0] if client is not None else "-",
-                message.method,
-                message.path,
-                exchange.version,
-                status,
-                elapsed * 1000,
-            )
+            self._log_access(exchange, status, elapsed)
+
+    def _log_access(self, exchange: HttpExchange, status: int, elapsed: float) -> None:
+        connection = exchange.connection
+        client = connection.client if isinstance(connection, HttpConnection) else None
+        message = exchange.message
+        access_logger.info(
+            '%s - "%s %s HTTP/%s" %d %.1fms',
+            client[0] if client is not None else "-",
+            message.method,
+            message.path,
+            exchange.version,
+            status,
+            elapsed * 1000,
+        )
 
     def hand_off(self, transport: asyncio.Transport, data: bytes) -> None:
         """Serve a connection on aiohttp's server from here on (a WebSocket upgrade).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import socket
 import threading
 import time
@@ -74,6 +75,20 @@ def test_body_over_the_limit_by_content_length_is_413_before_the_app(run_sidecar
     )
     assert reply.startswith(b"HTTP/1.1 413 ")
     assert recorder.scopes == []
+
+
+def test_refused_requests_are_in_the_access_log(
+    run_sidecar: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar.access")
+    running = run_sidecar(apps.Recorder(), server__max_body_size=1000, logging__access_log=True)
+    exchange_raw(
+        running.app(),
+        b"POST /too-big HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n"
+        + b"x" * 5000,
+    )
+    lines = [r.getMessage() for r in caplog.records if r.name == "sidecar.access"]
+    assert any('"POST /too-big HTTP/1.1" 413' in line for line in lines), lines
 
 
 def test_chunked_body_over_the_limit_is_cut_with_413(run_sidecar: Any) -> None:
