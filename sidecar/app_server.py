@@ -266,6 +266,22 @@ class AppServer:
             if self._access_log:  # refused requests appear in the access log too
                 self._log_access(exchange, status, time.perf_counter() - exchange.started_at)
             return
+        connection = cast(HttpConnection, exchange.connection)  # the only caller
+        message = exchange.message
+        try:
+            scope = self._scope(message, exchange.version, connection.client, connection.server)
+        except UnicodeEncodeError as exc:
+            # Scope strings must fit in latin-1 bytes; a trusted proxy's forwarded host
+            # in UTF-8 does not.
+            logger.info("refusing %s %s: %s", message.method, message.path, exc)
+            exchange.keep_alive = False
+            exchange.fail(400)
+            return
+        except Exception:
+            logger.exception("cannot build the scope of %s %s", message.method, message.path)
+            exchange.keep_alive = False
+            exchange.fail(500)
+            return
         if self._ending_streams:
             exchange.end_listening()
         active = self._active
@@ -276,10 +292,6 @@ class AppServer:
         if stats is not None:
             stats.in_flight += 1
         exchange.on_complete = self._on_complete
-        connection = cast(HttpConnection, exchange.connection)  # the only caller
-        scope = self._scope(
-            exchange.message, exchange.version, connection.client, connection.server
-        )
         exchange.task = asyncio.get_running_loop().create_task(self._call(exchange, scope))
 
     async def _call(self, exchange: HttpExchange, scope: dict[str, Any]) -> None:

@@ -191,3 +191,22 @@ def test_ordinary_headers_pass_through_byte_for_byte(run_sidecar: Any) -> None:
     lines = head.split(b"\r\n")
     for name, value in headers:
         assert name + b": " + value in lines
+
+
+def test_a_forwarded_host_that_no_scope_can_carry_gets_400(
+    run_sidecar: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # ASGI header values are bytes in latin-1: a UTF-8 host from a trusted proxy has no
+    # place in the scope. The request is refused, and the server keeps its books.
+    recorder = apps.Recorder()
+    running = run_sidecar(recorder, server__trusted_proxies="127.0.0.1")
+    with _open(running.app()) as sock:
+        sock.sendall(
+            b"GET /f HTTP/1.1\r\nHost: x\r\nX-Forwarded-Host: \xe6\x97\xa5.example\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        head = _read_head(sock)
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert recorder.scopes == []
+    assert running.sidecar.app_server.in_flight == 0
+    assert fetch(running.app("/after")).status == 200
