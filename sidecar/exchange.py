@@ -261,7 +261,8 @@ class HttpExchange:
             message = self.message
             if not self._continued:
                 self._continued = True
-                self._answer_expect_continue()
+                if "Expect" in message.headers:  # rare: check before calling anything
+                    self._answer_expect_continue()
             limits = self._limits
             try:
                 # Most bodies are already buffered when the app asks: take them without
