@@ -24,7 +24,7 @@ from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_request import BaseRequest
 
 from .config import ServerConfig
-from .connection import Connections, ConnectionSettings, HttpConnection
+from .connection import Connections, ConnectionSettings, HttpConnection, address
 from .errors import BindError, ConfigError
 from .exchange import (
     ASGI_VERSION,
@@ -258,7 +258,7 @@ class AppServer:
             refusal = self._refusal(exchange, over_cap)
         if refusal is not None:
             status, extra = refusal
-            if status == 413 or over_cap:
+            if status == 413:  # an over-cap connection is already not kept alive
                 exchange.keep_alive = False
             if self._stats is not None:
                 self._stats.observe(exchange.message.method, status, 0.0)
@@ -340,7 +340,7 @@ class AppServer:
                 self._config.max_connections,
             )
             return 503, [(b"retry-after", b"1")]
-        limit = self._config.max_requests_in_flight
+        limit = self._max_in_flight
         if limit and len(self._active) >= limit:
             logger.warning(
                 "refusing %s %s: %d requests in flight (server.max_requests_in_flight)",
@@ -349,7 +349,7 @@ class AppServer:
                 len(self._active),
             )
             return 503, [(b"retry-after", b"1")]
-        max_body = self._config.max_body_size
+        max_body = self._max_body
         if max_body and exchange.payload is not EMPTY_PAYLOAD:
             length = message.headers.get("Content-Length")
             # The parser has checked that a content-length is a number.
@@ -410,7 +410,7 @@ class AppServer:
     async def _handle_upgrade(self, base_request: BaseRequest) -> web.StreamResponse:
         request = cast(AsgiRequest, base_request)  # built by _make_request
         message = request._message
-        version = HTTP_VERSIONS.get((message.version[0], message.version[1]), "1.1")
+        version = HTTP_VERSIONS.get(message.version, "1.1")  # HttpVersion is a tuple
         if not (message.upgrade and message.headers.get("Upgrade", "").lower() == "websocket"):
             # Only upgrade requests are handed over, and the connection closes after the
             # WebSocket; anything else here is a client talking past the close.
@@ -419,13 +419,11 @@ class AppServer:
 
     async def _handle_websocket(self, request: AsgiRequest, version: str) -> web.StreamResponse:
         transport = request.transport
-        peer = transport.get_extra_info("peername") if transport is not None else None
-        local = transport.get_extra_info("sockname") if transport is not None else None
         scope = self._scope(
             request._message,
             version,
-            (peer[0], peer[1]) if isinstance(peer, tuple) else None,
-            (local[0], local[1]) if isinstance(local, tuple) else None,
+            address(transport, "peername") if transport is not None else None,
+            address(transport, "sockname") if transport is not None else None,
         )
         del scope["method"]
         scope["type"] = "websocket"

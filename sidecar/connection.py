@@ -19,7 +19,6 @@ the server stops.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -156,10 +155,8 @@ class HttpConnection(BaseProtocol):
         tcp_keepalive(transport)  # type: ignore[arg-type]
         manager = self._manager
         manager.open.add(self)
-        peer = transport.get_extra_info("peername")
-        local = transport.get_extra_info("sockname")
-        self.client = (peer[0], peer[1]) if isinstance(peer, tuple) else None
-        self.server = (local[0], local[1]) if isinstance(local, tuple) else None
+        self.client = address(transport, "peername")
+        self.server = address(transport, "sockname")
         settings = self._settings
         open_now = len(manager.open) + manager.others()
         if settings.max_connections and open_now > settings.max_connections:
@@ -200,7 +197,7 @@ class HttpConnection(BaseProtocol):
             pending = self._pending
             if upgraded:
                 last = messages[-1][0]
-                if _is_connect(last):
+                if last.method == "CONNECT":
                     # Answered as a request, then the connection ends: no tunnels.
                     self._ignore_rest = True
                 else:
@@ -226,10 +223,7 @@ class HttpConnection(BaseProtocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._manager.open.discard(self)
-        for timer in (self._head_timer, self._idle_timer):
-            if timer is not None:
-                timer.cancel()
-        self._head_timer = self._idle_timer = None
+        self._cancel_timers()
         super().connection_lost(exc)  # wakes a writer waiting for the buffer to drain
         self._parser = None
         exchange = self.exchange
@@ -252,6 +246,12 @@ class HttpConnection(BaseProtocol):
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.close()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._head_timer, self._idle_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._idle_timer = None
 
     def _head_late(self) -> None:
         self._head_timer = None
@@ -382,10 +382,9 @@ class HttpConnection(BaseProtocol):
         transport = self.transport
         assert transport is not None
         self._manager.open.discard(self)
-        for timer in (self._head_timer, self._idle_timer):
-            if timer is not None:
-                timer.cancel()
-        self._head_timer = self._idle_timer = None
+        self._cancel_timers()
+        if self._buffer_paused or self._reading_paused:
+            self._resume_transport_reading()  # aiohttp reads from here on
         head = _serialize_head(message)
         tail = bytes(self._upgrade_tail)
         self._upgrade_tail.clear()
@@ -393,9 +392,6 @@ class HttpConnection(BaseProtocol):
         self.transport = None
         self._parser = None
         self._busy = True  # nothing more on this protocol
-        if self._buffer_paused or self._reading_paused:
-            with contextlib.suppress(AttributeError, NotImplementedError, RuntimeError):
-                transport.resume_reading()
         self._manager.dispatcher.hand_off(transport, head + tail)
 
 
@@ -405,8 +401,10 @@ def _fail_payload(payload: StreamReader, error: BaseException | None = None) -> 
         payload.set_exception(error or ConnectionResetError("the client closed the connection"))
 
 
-def _is_connect(message: RawRequestMessage) -> bool:
-    return message.method == "CONNECT"
+def address(transport: asyncio.BaseTransport, name: str) -> tuple[str, int] | None:
+    """A transport's ``peername`` or ``sockname`` as an ASGI ``(host, port)``, if it has one."""
+    value = transport.get_extra_info(name)
+    return (value[0], value[1]) if isinstance(value, tuple) else None
 
 
 def _serialize_head(message: RawRequestMessage) -> bytes:

@@ -103,11 +103,11 @@ class _DateLine:
 _date = _DateLine()
 
 
-def simple_response(status: int, extra: list[tuple[bytes, bytes]] | None = None) -> bytes:
+def simple_response(status: int) -> bytes:
     """A complete plain-text response (the status phrase) that closes the connection."""
     body = HTTPStatus(status).phrase.encode("ascii")
     lines = [b"HTTP/1.1 %d %s\r\n" % (status, body)]
-    lines.extend(b"%s: %s\r\n" % pair for pair in (*ERROR_HEADERS, *(extra or ())))
+    lines.extend(b"%s: %s\r\n" % pair for pair in ERROR_HEADERS)
     lines.append(b"content-length: %d\r\n" % len(body))
     lines.append(_date.get())
     lines.append(b"connection: close\r\n\r\n")
