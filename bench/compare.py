@@ -131,6 +131,8 @@ class Server:
     port: int
     admin_port: int | None
     started: float
+    #: Seconds from process start to ready (set by ``running``).
+    ready_s: float = 0.0
 
     def rss_mb(self, key: str = "VmRSS") -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -179,7 +181,7 @@ def running(name: str, app: str) -> Iterator[Server]:
     proc = subprocess.Popen(command, cwd=ROOT, env=server_env(name))
     server = Server(name, proc, port, None if name == "uvicorn" else admin_port, started)
     try:
-        wait_ready(server, app)
+        server.ready_s = wait_ready(server, app)
         yield server
     finally:
         proc.terminate()
@@ -346,22 +348,10 @@ def measure_startup(results: Results, servers: list[str], runs: int) -> None:
             pass
     for _ in range(runs):
         for name in servers:
-            port, admin_port = free_port(), free_port()
-            command = [
-                "taskset", "-c", SERVER_CPU,
-                *server_command(name, APPS["raw"], port, admin_port),
-            ]  # fmt: skip
-            started = time.perf_counter()
-            proc = subprocess.Popen(command, cwd=ROOT, env=server_env(name))
-            server = Server(name, proc, port, None if name == "uvicorn" else admin_port, started)
-            try:
-                elapsed = wait_ready(server)
+            with running(name, "raw") as server:
                 if name != "uvicorn":  # the app port answers too, not only the admin port
-                    assert http_get(port, "/plain")[0] == 200
-                results.startup_ms.setdefault(name, []).append(elapsed * 1000)
-            finally:
-                proc.terminate()
-                proc.wait(30)
+                    assert http_get(server.port, "/plain")[0] == 200
+                results.startup_ms.setdefault(name, []).append(server.ready_s * 1000)
     for name in servers:
         print(f"startup {name:22} median {statistics.median(results.startup_ms[name]):7.1f} ms")
 

@@ -11,6 +11,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -76,6 +77,14 @@ def fetch(
         return read_reply(conn.getresponse())
     finally:
         conn.close()
+
+
+def open_socket(url: str) -> socket.socket:
+    """A plain TCP connection to the host and port of ``url``, for raw HTTP bytes."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None
+    assert parts.port is not None
+    return socket.create_connection((parts.hostname, parts.port), timeout=WAIT)
 
 
 def fetch_quietly(url: str) -> None:

@@ -8,19 +8,11 @@ import os
 import socket
 import threading
 from typing import Any
-from urllib.parse import urlsplit
 
 from . import apps
-from .conftest import WAIT, fetch
+from .conftest import WAIT, fetch, open_socket
 
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-
-def open_socket(url: str) -> socket.socket:
-    parts = urlsplit(url)
-    assert parts.hostname is not None
-    assert parts.port is not None
-    return socket.create_connection((parts.hostname, parts.port), timeout=30)
 
 
 def read_responses(

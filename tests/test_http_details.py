@@ -15,14 +15,7 @@ import pytest
 import trustme
 
 from . import apps
-from .conftest import fetch
-
-
-def _open(url: str) -> socket.socket:
-    parts = urlsplit(url)
-    assert parts.hostname is not None
-    assert parts.port is not None
-    return socket.create_connection((parts.hostname, parts.port), timeout=30)
+from .conftest import fetch, open_socket
 
 
 def _read_head(sock: socket.socket) -> bytes:
@@ -37,7 +30,7 @@ def _read_head(sock: socket.socket) -> bytes:
 
 def test_100_continue_is_sent_when_the_app_reads_the_body(run_sidecar: Any) -> None:
     running = run_sidecar(apps.BodyReader())
-    with _open(running.app()) as sock:
+    with open_socket(running.app()) as sock:
         sock.sendall(
             b"POST /read HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
         )
@@ -52,7 +45,7 @@ def test_100_continue_is_sent_when_the_app_reads_the_body(run_sidecar: Any) -> N
 
 def test_no_100_continue_when_the_app_answers_from_the_headers(run_sidecar: Any) -> None:
     running = run_sidecar(apps.BodyReader())
-    with _open(running.app()) as sock:
+    with open_socket(running.app()) as sock:
         sock.sendall(
             b"POST /reject HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n"
             b"Connection: close\r\n\r\n"
@@ -185,7 +178,7 @@ def test_ordinary_headers_pass_through_byte_for_byte(run_sidecar: Any) -> None:
         (b"X-Spaces", b"a  b\tc"),
     ]
     running = run_sidecar(_headers_app(headers))
-    with _open(running.app()) as sock:
+    with open_socket(running.app()) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         head = _read_head(sock)
     lines = head.split(b"\r\n")
@@ -200,7 +193,7 @@ def test_a_forwarded_host_that_no_scope_can_carry_gets_400(
     # place in the scope. The request is refused, and the server keeps its books.
     recorder = apps.Recorder()
     running = run_sidecar(recorder, server__trusted_proxies="127.0.0.1")
-    with _open(running.app()) as sock:
+    with open_socket(running.app()) as sock:
         sock.sendall(
             b"GET /f HTTP/1.1\r\nHost: x\r\nX-Forwarded-Host: \xe6\x97\xa5.example\r\n"
             b"Connection: close\r\n\r\n"
