@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.compare import free_port, wait_until_answering  # noqa: E402
 from sidecar.config import HealthConfig  # noqa: E402
-from sidecar.loop_monitor import LoopMonitor  # noqa: E402
+from sidecar.health import LoopMonitor  # noqa: E402
 from sidecar.metrics import LoopLagStats  # noqa: E402
 
 _TICKS = os.sysconf("SC_CLK_TCK")

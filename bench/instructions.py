@@ -66,17 +66,20 @@ class FakeTransport(asyncio.Transport):
 
 def sidecar_protocol(metrics: bool) -> asyncio.Protocol:
     from bench.apps import app
-    from sidecar.app_server import AppServer
     from sidecar.config import ServerConfig
-    from sidecar.connection import Connections, ConnectionSettings
     from sidecar.metrics import Metrics
+    from sidecar.serving import AppServer
     from sidecar.types import ASGIApp
 
     recorder = Metrics(version="bench", phases=["ready"], process_collectors=False)
     server = AppServer(
-        ServerConfig(), cast(ASGIApp, app), {}, metrics=recorder if metrics else None
+        ServerConfig(keep_alive_timeout=5.0),
+        cast(ASGIApp, app),
+        {},
+        metrics=recorder if metrics else None,
+        websocket_close_code=1012,
     )
-    return Connections(ConnectionSettings(keep_alive_timeout=5.0), server)()
+    return server.connection_factory()()
 
 
 def uvicorn_protocol() -> asyncio.Protocol:

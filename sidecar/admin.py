@@ -29,7 +29,8 @@ from .auth import AdminGuard
 from .config import AdminConfig
 from .errors import BindError
 from .metrics import Metrics
-from .state import Check, Lifecycle
+from .probe import Check, Probe, passes
+from .state import Lifecycle
 
 logger = logging.getLogger("sidecar.admin")
 
@@ -38,14 +39,14 @@ _FORMATS = {
     "openmetrics": "application/openmetrics-text; version=1.0.0",
 }
 # Path -> the probe whose checks it answers with; /healthz is kube's deprecated name.
-_PROBES = {"/livez": "livez", "/readyz": "readyz", "/startupz": "startupz", "/healthz": "livez"}
+_PROBES = {"/" + probe.endpoint: probe for probe in Probe} | {"/healthz": Probe.LIVENESS}
 _HEALTHZ_WARNING = '299 - "/healthz is deprecated; use /livez"'
 
 BackgroundTask = Callable[[], Coroutine[Any, Any, None]]
 
 
 class ProbeSource(Protocol):
-    def checks(self, kind: str) -> list[Check]: ...
+    def checks(self, probe: Probe) -> list[Check]: ...
 
 
 def _check_line(check: Check) -> str:
@@ -82,7 +83,7 @@ def render_checks(
     Only critical checks decide the status; a failing ``warning`` check is listed
     with ``[-]`` but the probe still passes.
     """
-    ok = all(check.ok or not check.critical for check in checks)
+    ok = passes(checks)
     status = 200 if ok else 503
     if as_json:
         document: dict[str, Any] = {

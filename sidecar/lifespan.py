@@ -24,6 +24,9 @@ from .types import ASGIApp, Message
 logger = logging.getLogger("sidecar.lifespan")
 
 _SCOPE_ASGI = {"version": "3.0", "spec_version": "2.0"}
+# Seconds a cancelled lifespan call gets to unwind (its finally blocks) before the
+# sidecar goes on without it.
+CANCEL_GRACE = 0.5
 
 
 class _Stage(Enum):
@@ -171,17 +174,12 @@ class LifespanDriver:
                 "the app's lifespan returned without sending lifespan.startup.complete"
                 + ("" if self._startup_received else " (lifespan.mode is 'on')"),
             )
-        trace = "".join(traceback.format_exception(error)).rstrip()
         where = (
             "while handling lifespan.startup"
             if self._startup_received
             else "before receiving lifespan.startup (lifespan.mode is 'on')"
         )
-        raise LifespanError(
-            "startup",
-            "exception",
-            f"the app raised {where}: {type(error).__name__}: {error}\n{trace}",
-        )
+        raise _raised("startup", where, error)
 
     # -- shutdown -----------------------------------------------------------------------
 
@@ -236,13 +234,7 @@ class LifespanDriver:
                 "failed",
                 "the app's lifespan returned without sending lifespan.shutdown.complete",
             )
-        trace = "".join(traceback.format_exception(error)).rstrip()
-        raise LifespanError(
-            "shutdown",
-            "exception",
-            f"the app raised while handling lifespan.shutdown: "
-            f"{type(error).__name__}: {error}\n{trace}",
-        )
+        raise _raised("shutdown", "while handling lifespan.shutdown", error)
 
     async def _finish_task(self, deadline: float) -> None:
         """Let the app's lifespan call return after it answered, within the same budget."""
@@ -258,20 +250,24 @@ class LifespanDriver:
             pass  # already recorded by _main
 
     async def _cancel_task(self) -> None:
+        """Cancel the app's lifespan call and give it ``CANCEL_GRACE`` to unwind."""
         task = self._task
         if task is None or task.done():
             return
         task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
-        except Exception:
-            pass  # recorded by _main
+        # Bounded: an app that swallows the cancellation must not hold up the exit.
+        await asyncio.wait((task,), timeout=CANCEL_GRACE)
+        if not task.done():
+            logger.warning(
+                "the app's lifespan task is still running %gs after it was cancelled; "
+                "leaving it behind",
+                CANCEL_GRACE,
+            )
 
-    async def abort(self) -> None:
-        """Cancel a startup in progress (a signal arrived before the app was ready)."""
-        await self._cancel_task()
-        self._stage = _Stage.STOPPED
+
+def _raised(stage: str, where: str, error: BaseException) -> LifespanError:
+    """The error for an app whose lifespan call raised ``error`` at ``stage``."""
+    trace = "".join(traceback.format_exception(error)).rstrip()
+    return LifespanError(
+        stage, "exception", f"the app raised {where}: {type(error).__name__}: {error}\n{trace}"
+    )

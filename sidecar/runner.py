@@ -9,11 +9,20 @@ Only this module knows every part. The order of a run:
    backoff), cancellable by a signal; the lifespan state carries the ``HealthChecks``
    the app registers its checks with;
 3. bind the app port only after startup completed, then report ready;
-4. on SIGTERM/SIGINT (or the injected trigger): not ready, keep serving for what is
-   left of the drain delay, close the listener, let in-flight requests finish within
-   the graceful timeout; a second signal skips what is left of both waits;
+4. on SIGTERM/SIGINT (or the injected trigger) the shutdown order below, owned here
+   (``_stop_serving``): not ready, keep serving for what is left of the drain delay,
+   end streams, close the listener, let in-flight requests finish, cut what is left;
+   a second signal skips what is left of the waits;
 5. the checks stop, then lifespan shutdown, always, once startup completed;
 6. the heartbeat stops, the admin port goes down.
+
+The time budget is spent once. When the drain begins, two deadlines are fixed: the
+end of the drain delay, and the graceful deadline ``graceful_timeout`` after it; every
+wait for requests and streams ends at one of them. What still runs at the graceful
+deadline is cut (``serving.CUT_GRACE``, one second at most), then lifespan shutdown
+gets its own ``shutdown_timeout``. So a stop takes at most
+``drain_delay + graceful_timeout + shutdown_timeout`` plus about a second, which the
+chart's ``terminationGracePeriodSeconds`` covers.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import gc
 import logging
 import signal
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -30,15 +40,23 @@ from prometheus_client import CollectorRegistry
 
 from ._version import __version__
 from .admin import AdminServer
-from .app_server import AppServer
+from .aio import first_of
 from .auth import AdminGuard, load_token
 from .config import Config
 from .errors import AppLoadError, ConfigError, LifespanError
-from .health import STATE_KEY, CheckScheduler, HealthChecks, Probes, activate, config_check
+from .health import (
+    STATE_KEY,
+    CheckScheduler,
+    HealthChecks,
+    LoopMonitor,
+    Probes,
+    activate,
+    config_check,
+)
 from .lifespan import LifespanDriver
 from .loader import load_app, load_callable
-from .loop_monitor import LoopMonitor
 from .metrics import Metrics
+from .serving import AppServer
 from .state import Lifecycle, Phase, Transition
 from .types import ASGIApp
 
@@ -194,16 +212,22 @@ class Sidecar:
         Returns ``(True, result)`` when it finished, ``(False, None)`` when cancelled.
         """
         work = asyncio.ensure_future(awaitable)
-        stop = asyncio.ensure_future(self._stop.wait())
         try:
-            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+            await first_of(work, self._stop.wait())
         finally:
-            stop.cancel()
-        if work.done():
-            return True, work.result()
-        work.cancel()
-        await asyncio.gather(work, return_exceptions=True)
-        return False, None
+            if not work.done():  # cancelled by first_of, or we were cancelled
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+        if work.cancelled():
+            return False, None
+        return True, work.result()
+
+    def _startup_failed(self, reason: str, message: str, *, final: str | None) -> None:
+        """Count a failed startup (``reason``); ``final`` ends the run as FAILED, saying why."""
+        self.metrics.startup_failures.labels(reason).inc()
+        self.lifecycle.mark_startup_failed(message)
+        if final is not None:
+            self.lifecycle.transition(Phase.FAILED, final)
 
     def _load(self) -> ASGIApp:
         if self._app is not None:
@@ -214,9 +238,7 @@ class Sidecar:
                 app_config.target, factory=app_config.factory, app_dir=app_config.app_dir
             )
         except AppLoadError as exc:
-            self.metrics.startup_failures.labels("import").inc()
-            self.lifecycle.mark_startup_failed(str(exc))
-            self.lifecycle.transition(Phase.FAILED, "the app could not be loaded")
+            self._startup_failed("import", str(exc), final="the app could not be loaded")
             raise
         self._app = app
         return app
@@ -236,9 +258,7 @@ class Sidecar:
             try:
                 definition = config_check(spec, resolve)
             except AppLoadError as exc:
-                self.metrics.startup_failures.labels("import").inc()
-                self.lifecycle.mark_startup_failed(str(exc))
-                self.lifecycle.transition(Phase.FAILED, "a health check could not be loaded")
+                self._startup_failed("import", str(exc), final="a health check could not be loaded")
                 raise
             self.checks.add(definition)
 
@@ -247,7 +267,6 @@ class Sidecar:
         app = self._load()
         self._add_config_checks()
         config = self.config.lifespan
-        loop = asyncio.get_running_loop()
         for attempt in range(1, config.startup_attempts + 1):
             # Each attempt gets its own handle: checks registered by an attempt that
             # failed go with it. The context variable reaches the lifespan task (it
@@ -257,16 +276,19 @@ class Sidecar:
             driver = LifespanDriver(
                 config, app, on_crash=self._on_lifespan_crash, state={STATE_KEY: health}
             )
-            began = loop.time()
+            began = time.perf_counter()
             try:
                 finished, _ = await self._until_stopped(driver.startup())
             except LifespanError as exc:
                 health.close()
-                elapsed = loop.time() - began
+                elapsed = time.perf_counter() - began
                 self.metrics.startup_duration.set(elapsed)
-                self.metrics.startup_failures.labels(exc.reason).inc()
-                summary = str(exc).splitlines()[0]
-                self.lifecycle.mark_startup_failed(summary)
+                last = attempt == config.startup_attempts
+                self._startup_failed(
+                    exc.reason,
+                    str(exc).splitlines()[0],
+                    final=f"startup failed ({exc.reason})" if last else None,
+                )
                 logger.error(
                     "lifespan startup attempt %d/%d failed after %.3fs (%s): %s",
                     attempt,
@@ -276,8 +298,7 @@ class Sidecar:
                     exc,
                     extra={"event": "startup_failed", "reason": exc.reason, "attempt": attempt},
                 )
-                if attempt == config.startup_attempts:
-                    self.lifecycle.transition(Phase.FAILED, f"startup failed ({exc.reason})")
+                if last:
                     raise
                 backoff = min(config.retry_backoff * 2 ** (attempt - 1), config.retry_backoff_max)
                 logger.info("retrying lifespan startup in %.1fs", backoff)
@@ -294,7 +315,7 @@ class Sidecar:
             # lifespan (apps that need it later keep a reference, or health_checks()).
             if driver.state.get(STATE_KEY) is health:
                 del driver.state[STATE_KEY]
-            elapsed = loop.time() - began
+            elapsed = time.perf_counter() - began
             self.metrics.startup_duration.set(elapsed)
             how = "lifespan startup complete" if driver.supported else "started without lifespan"
             logger.info(
@@ -338,54 +359,49 @@ class Sidecar:
         self.serving.set()
 
         await self._stop.wait()
-
-        # Drain: keep serving while load balancers stop routing here. A preStop hook
-        # may have started the drain already; only what is left of it is waited for.
-        loop = asyncio.get_running_loop()
-        shutdown = config.shutdown
-        end = self.lifecycle.begin_drain()
-        remaining = end - self.lifecycle.clock()
-        if remaining > 0 and not self._force.is_set():
-            logger.info("draining: serving for %.1fs more before closing the listener", remaining)
-            await self._forced_within(remaining)
-        # The graceful budget starts when the drain delay ends, in both drain modes, so
-        # the whole stop fits drain_delay + graceful_timeout + lifespan shutdown_timeout.
-        deadline = loop.time() + shutdown.graceful_timeout
-        await server.end_streams(shutdown.graceful_timeout)
-        if shutdown.drain_mode == "idle" and server.in_flight and not self._force.is_set():
-            logger.info(
-                "draining: %d request(s) in flight; closing the listener once they finish",
-                server.in_flight,
-            )
-            await self._forced_within(shutdown.graceful_timeout, server.wait_idle())
-        self.lifecycle.transition(Phase.STOPPING, f"{server.in_flight} request(s) in flight")
-        left = 0.0 if self._force.is_set() else max(deadline - loop.time(), 0.0)
-        await server.stop(left, cut_short=self._force)
-        started = self.lifecycle.drain_started
-        if started is not None:
-            self.metrics.drain_duration.set(self.lifecycle.clock() - started)
-        if server.aborted:
-            self.metrics.requests_aborted.inc(server.aborted)
+        await self._stop_serving(server)
         # Lifespan shutdown runs once startup completed, whatever happened to requests.
         await self._lifespan_shutdown(driver)
         self.lifecycle.transition(Phase.STOPPED)
 
-    async def _forced_within(self, seconds: float, done: Awaitable[object] | None = None) -> None:
-        """Wait up to ``seconds`` for ``done``; a second shutdown request ends it early."""
-        waiters: set[asyncio.Future[object]] = {asyncio.ensure_future(self._force.wait())}
-        if done is not None:
-            waiters.add(asyncio.ensure_future(done))
-        try:
-            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+    async def _stop_serving(self, server: AppServer) -> None:
+        """Drain and stop the app port, in the one shutdown order (see the module doc)."""
+        loop = asyncio.get_running_loop()
+        shutdown, lifecycle, force = self.config.shutdown, self.lifecycle, self._force
+        # A preStop hook may have started the drain already: only what is left of the
+        # delay is waited for. Both deadlines are fixed now, on the loop's clock.
+        drain_end = loop.time() + max(lifecycle.begin_drain() - lifecycle.clock(), 0.0)
+        deadline = drain_end + shutdown.graceful_timeout
+        if drain_end > loop.time() and not force.is_set():
+            # Keep serving while load balancers stop routing here.
+            logger.info(
+                "draining: serving for %.1fs more before closing the listener",
+                drain_end - loop.time(),
+            )
+            await first_of(force.wait(), deadline=drain_end)
+        server.end_streams()
+        if shutdown.drain_mode == "idle" and server.in_flight and not force.is_set():
+            logger.info(
+                "draining: %d request(s) in flight; closing the listener once they finish",
+                server.in_flight,
+            )
+            await server.wait_idle(deadline, cut_short=force, requests_only=True)
+        lifecycle.transition(Phase.STOPPING, f"{server.in_flight} request(s) in flight")
+        server.close_listener()
+        if not force.is_set():
+            await server.wait_idle(deadline, cut_short=force)
+        aborted = await server.cut() if server.busy else 0
+        await server.close()
+        started = lifecycle.drain_started
+        if started is not None:
+            self.metrics.drain_duration.set(lifecycle.clock() - started)
+        if aborted:
+            self.metrics.requests_aborted.inc(aborted)
 
     async def _lifespan_shutdown(self, driver: LifespanDriver) -> None:
         # The app is about to close what its checks use; stop them first.
         await self.checks.stop()
-        loop = asyncio.get_running_loop()
-        began = loop.time()
+        began = time.perf_counter()
         try:
             await driver.shutdown()
         except LifespanError as exc:
@@ -400,11 +416,11 @@ class Sidecar:
             if driver.supported:
                 logger.info(
                     "lifespan shutdown complete in %.3fs",
-                    loop.time() - began,
+                    time.perf_counter() - began,
                     extra={"event": "shutdown_complete"},
                 )
         finally:
-            self.metrics.shutdown_duration.set(loop.time() - began)
+            self.metrics.shutdown_duration.set(time.perf_counter() - began)
 
 
 def _url(address: tuple[str, int] | None) -> str:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+
+from .probe import Builtin, Check
 
 
 class Phase(StrEnum):
@@ -32,22 +33,6 @@ class Transition:
     phase: Phase
     duration: float
     detail: str
-
-
-@dataclass(frozen=True)
-class Check:
-    """One named probe check, as kube-apiserver prints them under ``?verbose``.
-
-    A check that is not ``critical`` (severity ``warning``) is reported but does not
-    decide the probe's status. ``details`` go into the JSON answer.
-    """
-
-    name: str
-    ok: bool
-    message: str = "ok"
-    critical: bool = True
-    tags: tuple[str, ...] = ()
-    details: Mapping[str, Any] = field(default_factory=dict)
 
 
 Listener = Callable[[Transition], None]
@@ -169,44 +154,50 @@ class Lifecycle:
     def liveness_checks(self) -> list[Check]:
         """Is the process healthy? (a failure tells the kubelet to restart it)."""
         with self._lock:
-            checks = [Check("ping", True)]
+            checks = [Check(Builtin.PING, True)]
             if self._lifespan_crash is not None:
                 checks.append(
-                    Check("lifespan", False, f"lifespan task crashed: {self._lifespan_crash}")
+                    Check(Builtin.LIFESPAN, False, f"lifespan task crashed: {self._lifespan_crash}")
                 )
             elif self._phase is Phase.FAILED:
                 checks.append(
-                    Check("lifespan", False, f"startup failed: {self._startup_error or 'unknown'}")
+                    Check(
+                        Builtin.LIFESPAN,
+                        False,
+                        f"startup failed: {self._startup_error or 'unknown'}",
+                    )
                 )
             else:
-                checks.append(Check("lifespan", True))
+                checks.append(Check(Builtin.LIFESPAN, True))
             return checks
 
     def readiness_checks(self) -> list[Check]:
         """Should traffic be routed here now?"""
         with self._lock:
-            return [Check("ping", True), self._startup_check(), self._draining_check()]
+            return [Check(Builtin.PING, True), self._startup_check(), self._draining_check()]
 
     def startup_checks(self) -> list[Check]:
         """Has startup completed?"""
         with self._lock:
-            return [Check("ping", True), self._startup_check()]
+            return [Check(Builtin.PING, True), self._startup_check()]
 
     def _startup_check(self) -> Check:
         if self._startup_complete:
-            return Check("startup", True)
+            return Check(Builtin.STARTUP, True)
         if self._phase is Phase.FAILED:
-            return Check("startup", False, f"startup failed: {self._startup_error or 'unknown'}")
+            return Check(
+                Builtin.STARTUP, False, f"startup failed: {self._startup_error or 'unknown'}"
+            )
         elapsed = self._clock() - self._started_at
         message = f"startup in progress for {elapsed:.1f}s"
         if self._startup_error is not None:
             message += f"; last attempt failed: {self._startup_error}"
-        return Check("startup", False, message)
+        return Check(Builtin.STARTUP, False, message)
 
     def _draining_check(self) -> Check:
         if self._phase in (Phase.STARTING, Phase.READY) and self._drain_started is None:
-            return Check("draining", True)
+            return Check(Builtin.DRAINING, True)
         if self._drain_started is not None and self._phase is Phase.DRAINING:
             since = self._clock() - self._drain_started
-            return Check("draining", False, f"draining for {since:.1f}s")
-        return Check("draining", False, f"shutting down (phase {self._phase.value})")
+            return Check(Builtin.DRAINING, False, f"draining for {since:.1f}s")
+        return Check(Builtin.DRAINING, False, f"shutting down (phase {self._phase.value})")

@@ -81,3 +81,32 @@ async def blocks_loop(scope: Any, receive: Any, send: Any) -> None:
         # Deliberately blocking: the loop stalls and the sidecar must notice.
         time.sleep(1.5)  # noqa: ASYNC251
     await respond(send)
+
+
+async def never_lets_go(scope: Any, receive: Any, send: Any) -> None:
+    """The worst case for a stop: nothing ends unless it is cut.
+
+    Lifespan shutdown never completes; ``/hang`` never answers; ``/stream`` streams
+    forever without listening for the end; a WebSocket is accepted and then ignored.
+    """
+    kind = scope["type"]
+    if kind == "lifespan":
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        logger.warning("lifespan shutdown began")
+        await asyncio.Event().wait()
+    elif kind == "websocket":
+        await receive()
+        await send({"type": "websocket.accept"})
+        logger.warning("websocket accepted")
+        await asyncio.Event().wait()  # not even listening for the close
+    elif scope["path"] == "/stream":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        logger.warning("stream began")
+        while True:
+            await send({"type": "http.response.body", "body": b"data: tick\n\n", "more_body": True})
+            await asyncio.sleep(0.05)
+    else:
+        logger.warning("hang began")
+        await asyncio.Event().wait()

@@ -332,13 +332,18 @@ class CliProcess:
             self._queue.put(line.rstrip("\n"))
         self._queue.put(None)
 
-    def wait_line(self, pattern: str, timeout: float = WAIT) -> re.Match[str]:
-        """Read stderr until a line matches ``pattern``; fail if the process ends first."""
+    def wait_line(self, pattern: str, timeout: float = WAIT, *, count: int = 1) -> re.Match[str]:
+        """Read stderr until ``count`` lines match ``pattern``; fail if the process ends first.
+
+        Returns the match in the last of them.
+        """
         regex = re.compile(pattern)
         for line in self.lines:
             match = regex.search(line)
             if match:
-                return match
+                count -= 1
+                if count == 0:
+                    return match
         while True:
             try:
                 line = self._queue.get(timeout=timeout)
@@ -351,7 +356,9 @@ class CliProcess:
             self.lines.append(line)
             match = regex.search(line)
             if match:
-                return match
+                count -= 1
+                if count == 0:
+                    return match
 
     def wait_serving(self) -> None:
         admin = self.wait_line(_ADMIN_LINE.pattern)

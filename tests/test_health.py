@@ -270,19 +270,22 @@ def test_registration_errors_name_every_problem() -> None:
             severity="fatal",  # type: ignore[arg-type]
             tags=["ok", "not ok"],
         )
+    # The same rules and words as for health.checks in the configuration.
     assert str(info.value) == (
-        "cannot add health check 'no spaces': invalid name 'no spaces'; expected 1 to 63 "
-        "letters, digits, '.', '_' or '-', starting with a letter or digit; the check must be "
-        "callable, got str; invalid timeout 0; expected a number of seconds > 0; invalid "
-        "interval inf; expected a number of seconds > 0; invalid failure_threshold 0; "
-        "expected an integer >= 1; invalid severity 'fatal'; expected one of 'critical', "
-        "'warning'; invalid tag 'not ok'; expected 1 to 63 letters, digits, '.', '_' or '-', "
-        "starting with a letter or digit"
+        "cannot add health check 'no spaces': invalid value 0 for timeout; expected a number "
+        "of seconds > 0 (fractions allowed, e.g. 0.5); invalid value inf for interval; "
+        "expected a number of seconds > 0 (fractions allowed, e.g. 0.5); invalid value 0 for "
+        "failure_threshold; expected an integer >= 1; invalid value 'fatal' for severity; "
+        "expected one of 'critical', 'warning'; invalid value ('ok', 'not ok') for tags; "
+        "expected a list of names (1 to 63 letters, digits, '.', '_' or '-', starting with a "
+        "letter or digit); invalid value 'no spaces' for name; expected 1 to 63 letters, "
+        "digits, '.', '_' or '-', starting with a letter or digit; the check must be "
+        "callable, got str"
     )
     health.add_readiness_check("db", apps.check_passes)
     with pytest.raises(CheckRegistrationError, match="'db' is already registered"):
         health.add_liveness_check("db", apps.check_passes)
-    with pytest.raises(CheckRegistrationError, match="'draining' is a built-in check"):
+    with pytest.raises(CheckRegistrationError, match="'draining' for name; it is a built-in check"):
         health.add_readiness_check("draining", apps.check_passes)
 
 

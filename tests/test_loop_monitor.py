@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from sidecar.config import HealthConfig
-from sidecar.loop_monitor import LoopMonitor
+from sidecar.health import LoopMonitor
 from sidecar.metrics import LoopLagStats
 
 from . import apps

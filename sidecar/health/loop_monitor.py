@@ -21,8 +21,8 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 
-from .config import HealthConfig
-from .metrics import LoopLagStats
+from ..config import HealthConfig
+from ..metrics import LoopLagStats
 
 logger = logging.getLogger("sidecar.health")
 

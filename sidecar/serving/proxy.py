@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .addresses import parse_networks, within
+from ..addresses import parse_networks, within
 
 
 @dataclass(frozen=True)

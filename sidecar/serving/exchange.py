@@ -9,7 +9,7 @@ tasks) does not delay the client.
 
 The connection is either the sidecar's own (``connection.HttpConnection``) or, for the
 HTTP side of a WebSocket handshake, aiohttp's server protocol; both are aiohttp
-``BaseProtocol``s, which give write flow control.
+protocols, which give write flow control. Heads are serialized by ``response``.
 """
 
 from __future__ import annotations
@@ -20,19 +20,19 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import formatdate
-from http import HTTPStatus
-from typing import Protocol, cast
+from typing import Protocol
 
-from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.http_parser import RawRequestMessage
-from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
-from aiohttp.web_protocol import RequestPayloadError
-from aiohttp.web_request import BaseRequest
-
-from .errors import UnexpectedMessageError
-from .types import Message
+from ..errors import UnexpectedMessageError
+from ..types import ASGIApp, Message, Scope
+from ._aiohttp import (
+    EMPTY_PAYLOAD,
+    HttpProcessingError,
+    RawRequestMessage,
+    RequestPayloadError,
+    StreamReader,
+    drain,
+)
+from .response import ERROR_HEADERS, RETRY_AFTER, InvalidResponseError, reason, serialize_head
 
 logger = logging.getLogger("sidecar.app")
 
@@ -40,123 +40,42 @@ logger = logging.getLogger("sidecar.app")
 # what lets Starlette stream without a second task listening for http.disconnect.
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 HTTP_VERSIONS = {(1, 1): "1.1", (1, 0): "1.0"}
-
-# Seconds a request cut at the graceful timeout gets to end on its own after it was
-# told that the client is gone, before its task is cancelled.
-DISCONNECT_GRACE = 1.0
-
-_REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
-_STATUS_LINES = {
-    (version, status): b"HTTP/%s %d %s\r\n" % (version.encode("ascii"), status, reason)
-    for version in ("1.1", "1.0")
-    for status, reason in _REASONS.items()
-}
-# Response headers that decide framing and keep-alive (lower-cased).
-_FRAMING_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"connection", b"date"))
 # Bytes read from a file per write for http.response.pathsend.
 _FILE_CHUNK = 256 * 1024
-ERROR_HEADERS = [(b"content-type", b"text/plain; charset=utf-8")]
 
 
 class ClientDisconnected(OSError):
     """Raised by ``send()`` when the client has closed the connection."""
 
 
-class Finished:
-    """What the handler returns to aiohttp once the response has been written.
-
-    aiohttp only calls ``prepare`` and ``write_eof`` on it and reads ``keep_alive`` to
-    decide whether to read another request from the connection.
-    """
-
-    __slots__ = ("keep_alive",)
-
-    def __init__(self, keep_alive: bool) -> None:
-        self.keep_alive = keep_alive
-
-    async def prepare(self, request: BaseRequest) -> None:
-        return None
-
-    async def write_eof(self, data: bytes = b"") -> None:
-        return None
-
-
-KEEP_ALIVE = cast(web.StreamResponse, Finished(True))
-CLOSE = cast(web.StreamResponse, Finished(False))
-
-
-class _DateLine:
-    """The ``date`` header line, formatted at most once per second."""
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._line = b""
-
-    def get(self) -> bytes:
-        now = int(time.time())
-        if now != self._second:
-            self._second = now
-            self._line = b"date: " + formatdate(now, usegmt=True).encode("ascii") + b"\r\n"
-        return self._line
-
-
-_date = _DateLine()
-
-
-def simple_response(status: int) -> bytes:
-    """A complete plain-text response (the status phrase) that closes the connection."""
-    body = HTTPStatus(status).phrase.encode("ascii")
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, body)]
-    lines.extend(b"%s: %s\r\n" % pair for pair in ERROR_HEADERS)
-    lines.append(b"content-length: %d\r\n" % len(body))
-    lines.append(_date.get())
-    lines.append(b"connection: close\r\n\r\n")
-    return b"".join(lines) + body
-
-
 class Connection(Protocol):
-    """The connection an exchange writes to (an aiohttp ``BaseProtocol``)."""
+    """The connection an exchange writes to (an aiohttp protocol: write flow control)."""
 
     @property
     def transport(self) -> asyncio.Transport | None: ...
 
     def force_close(self) -> None: ...
 
-    async def _drain_helper(self) -> None: ...
-
-
-class AsgiRequest(BaseRequest):
-    """A request that tells its exchange when the client goes away.
-
-    aiohttp calls ``_cancel`` when the connection is lost; the ASGI app must then
-    receive ``http.disconnect`` and ``send()`` must fail.
-    """
-
-    exchange: HttpExchange | None = None
-
-    def _cancel(self, exc: BaseException) -> None:
-        super()._cancel(exc)
-        if self.exchange is not None:
-            self.exchange.disconnect()
-
 
 @dataclass(frozen=True)
 class BodyLimits:
     """Request body limits from ``server.max_body_size`` and ``server.body_timeout``."""
 
-    max_size: int = 0  # bytes; 0: no limit
-    read_timeout: float = 0.0  # seconds between pieces of body; 0: no limit
+    max_size: int  # bytes; 0: no limit
+    read_timeout: float  # seconds between pieces of body; 0: no limit
 
 
-NO_LIMITS = BodyLimits()
+NO_LIMITS = BodyLimits(0, 0.0)
 
-
-class InvalidResponseError(ValueError):
-    """The app's response cannot be sent as it is (bad header bytes or length)."""
+Recorder = Callable[["HttpExchange"], None]
 
 
 class HttpExchange:
-    """One request/response between a connection and the app."""
+    """One request/response between a connection and the app.
+
+    The exchange owns its state: the server and the connection read it (``status``,
+    ``started``, ``complete``, ``keep_alive``...) and change it only through methods.
+    """
 
     __slots__ = (
         "_body_done",
@@ -168,22 +87,24 @@ class HttpExchange:
         "_headers",
         "_limits",
         "_no_body",
+        "_on_complete",
+        "_on_done",
         "_received",
+        "_recorded",
         "_sent",
-        "_version",
+        "_task",
+        "client",
         "complete",
         "connection",
         "disconnected",
         "keep_alive",
         "message",
-        "on_complete",
-        "on_done",
         "payload",
-        "recorded",
+        "server",
         "started",
         "started_at",
         "status",
-        "task",
+        "version",
     )
 
     def __init__(
@@ -191,16 +112,24 @@ class HttpExchange:
         connection: Connection,
         message: RawRequestMessage,
         payload: StreamReader,
+        *,
         version: str,
         keep_alive: bool,
         limits: BodyLimits = NO_LIMITS,
+        client: tuple[str, int] | None = None,
+        server: tuple[str, int] | None = None,
+        on_done: Recorder | None = None,
     ) -> None:
         self.connection = connection
         self.message = message
         self.payload = payload
+        #: The HTTP version, ``"1.1"`` or ``"1.0"``.
+        self.version = version
+        #: The peer and local addresses as ASGI ``client``/``server`` tuples.
+        self.client = client
+        self.server = server
         self._limits = limits
         self._received = 0
-        self._version = version
         self._body_done = False
         self._disconnect_waiter: asyncio.Future[None] | None = None
         self._ending = False
@@ -213,19 +142,86 @@ class HttpExchange:
         self.status = 0
         #: Whether the connection may serve another request after this one.
         self.keep_alive = keep_alive
-        #: Called once, just before the last bytes of the response are written, so that
-        #: whatever it records is in place before the client can see the response.
-        self.on_complete: Callable[[HttpExchange], None] | None = None
-        self.recorded = False
-        #: Called once, after the last bytes of the response were handed to the transport.
-        self.on_done: Callable[[HttpExchange], None] | None = None
+        # Called once per exchange that ran the app, just before the last bytes of the
+        # response are written (so that whatever it records is in place before the
+        # client can see the response), or when the app call ends without a response.
+        self._on_complete: Recorder | None = None
+        self._recorded = False
+        # Called once, after the last bytes of the response were handed to the transport.
+        self._on_done = on_done
         self.started_at = time.perf_counter()
         #: The status line has been written: an error can no longer become a 500.
         self.started = False
         self.complete = False
         self.disconnected = False
-        #: The task running the app call for this exchange.
-        self.task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # -- the app call -------------------------------------------------------------------
+
+    def run(
+        self,
+        app: ASGIApp,
+        scope: Scope,
+        *,
+        on_complete: Recorder | None,
+        on_end: Recorder,
+    ) -> None:
+        """Run the app on this exchange in a task of its own (returns at once).
+
+        ``on_complete`` records the request exactly once; ``on_end`` is called when the
+        app call has ended, however it ended.
+        """
+        self._on_complete = on_complete
+        self._task = asyncio.get_running_loop().create_task(self._call(app, scope, on_end))
+
+    async def _call(self, app: ASGIApp, scope: Scope, on_end: Recorder) -> None:
+        method, path = self.message.method, scope["path"]
+        try:
+            await app(scope, self.receive, self.send)
+        except Exception as exc:
+            if self.disconnected and isinstance(exc, ClientDisconnected):
+                logger.debug("client left during %s %s", method, path)
+            else:
+                logger.exception("exception in ASGI app while handling %s %s", method, path)
+            self.fail()
+        else:
+            if not self.complete and self._ending and not self.started:
+                # The app stopped because the server told it the exchange was over.
+                self.fail(503, [RETRY_AFTER])
+            elif not self.complete and not self.disconnected:
+                logger.error(
+                    "ASGI app returned %s the response to %s %s",
+                    "before finishing" if self.started else "without sending",
+                    method,
+                    path,
+                )
+                self.fail()
+        finally:
+            on_end(self)
+        self._record()  # no response reached the client
+
+    def _record(self) -> None:
+        if self._on_complete is not None and not self._recorded:
+            self._recorded = True
+            self._on_complete(self)
+
+    def cancel(self) -> None:
+        """Cancel the app call serving this exchange (the graceful deadline has passed)."""
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+
+    def refuse(
+        self, status: int, headers: list[tuple[bytes, bytes]] | None = None, *, close: bool
+    ) -> None:
+        """Answer ``status`` instead of running the app; ``close`` ends the connection."""
+        if close:
+            self.keep_alive = False
+        self.fail(status, headers)
+
+    def close_connection(self) -> None:
+        """Close the connection after this response (the server is stopping)."""
+        self.keep_alive = False
 
     # -- disconnect ---------------------------------------------------------------------
 
@@ -239,12 +235,6 @@ class HttpExchange:
         waiter = self._disconnect_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-
-    def cancel(self) -> None:
-        """Cancel the app call serving this exchange (the graceful timeout ran out)."""
-        task = self.task
-        if task is not None and not task.done():
-            task.cancel()
 
     # -- receive ------------------------------------------------------------------------
 
@@ -315,7 +305,7 @@ class HttpExchange:
         Sent only when the app asks for the body, so an app that rejects the request
         from its headers never makes the client upload it.
         """
-        if self._version != "1.1" or self.started:
+        if self.version != "1.1" or self.started:
             return
         transport = self.connection.transport
         if transport is not None and self._expects_continue():
@@ -378,14 +368,14 @@ class HttpExchange:
             body = message.get("body", b"")
             more = message.get("more_body", False)
             if not self.started:
-                head = self.head(None if more else len(body))
+                head = self._head(None if more else len(body))
                 self.started = True
-                self.write(head, body, more)
+                self._write(head, body, more)
             else:
-                self.write(b"", body, more)
+                self._write(b"", body, more)
             if more:
                 # Returns at once unless the client reads slower than the app writes.
-                await self.connection._drain_helper()
+                await drain(self.connection)
             return
         if kind == "http.response.start":
             if self._headers is not None:
@@ -420,7 +410,7 @@ class HttpExchange:
             ) from exc
         try:
             size = os.fstat(handle.fileno()).st_size
-            head = self.head(size)
+            head = self._head(size)
             self.started = True
             remaining = size
             while True:
@@ -431,22 +421,13 @@ class HttpExchange:
                     )
                 remaining -= len(chunk)
                 more = bool(chunk) and remaining > 0
-                self.write(head, chunk, more)
+                self._write(head, chunk, more)
                 head = b""
                 if not more:
                     return
-                await self.connection._drain_helper()
+                await drain(self.connection)
         finally:
             handle.close()
-
-    @property
-    def version(self) -> str:
-        return self._version
-
-    @property
-    def ended_by_server(self) -> bool:
-        """Tell whether the server ended this exchange (``end_listening``) while stopping."""
-        return self._ending
 
     def fail(self, status: int = 500, extra: list[tuple[bytes, bytes]] | None = None) -> None:
         """Answer ``status`` when nothing was sent yet; otherwise cut the connection.
@@ -465,98 +446,42 @@ class HttpExchange:
             if transport is not None:
                 transport.abort()
             return
-        body = HTTPStatus(status).phrase.encode("ascii")
+        body = reason(status)
         self.status = status
         self._headers = [*ERROR_HEADERS, *(extra or ())]
         self._declared = None
         self._chunked = False
         self.started = True
         try:
-            self.write(self.head(len(body)), body, False)
+            self._write(self._head(len(body)), body, False)
         except ClientDisconnected:
             self.keep_alive = False
 
-    def head(self, length: int | None) -> bytes:
-        """Serialize the status line and headers; ``length`` is known for one-message bodies.
-
-        Decides the framing: the app's Content-Length, else our own for a complete
-        body, else chunked (HTTP/1.1) or close-delimited (HTTP/1.0).
-        """
-        status = self.status
-        headers = self._headers or ()
-        version = self._version
+    def _head(self, length: int | None) -> bytes:
+        """Serialize the status line and headers and decide the framing of the body."""
         message = self.message
-        self._no_body = message.method == "HEAD" or status < 200 or status in (204, 304)
-        status_line = _STATUS_LINES.get((version, status))
-        if status_line is None:
-            reason = _REASONS.get(status, b"")
-            status_line = b"HTTP/%s %d %s\r\n" % (version.encode("ascii"), status, reason)
-        lines = [status_line]
-        has_date = has_connection = False
-        for name, value in headers:
-            lines.append(b"%s: %s\r\n" % (name, value))
-            lowered = name.lower()
-            if lowered not in _FRAMING_HEADERS:
-                continue
-            if lowered == b"content-length":
-                try:
-                    self._declared = int(value)
-                except ValueError:
-                    raise InvalidResponseError(
-                        f"response content-length {value!r} is not a number"
-                    ) from None
-            elif lowered == b"transfer-encoding":
-                self._chunked = value.lower() == b"chunked"
-            elif lowered == b"connection":
-                has_connection = True
-                if b"close" in value.lower():
-                    self.keep_alive = False
-            else:  # date
-                has_date = True
-        # One line per header, so exactly one CR and one LF each: any other count means
-        # a name or value carries a line break (response splitting). Checked on the
-        # whole block at once; the culprit is looked for only when there is one.
-        block = b"".join(lines[1:])
-        if block.count(b"\n") != len(headers) or block.count(b"\r") != len(headers):
-            for name, value in headers:
-                if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name:
-                    raise InvalidResponseError(
-                        f"response header {name!r} contains a line break; refusing to send it"
-                    )
-        if message.method == "HEAD" and self._declared is None and length:
-            # The app built the body it would send to a GET; its length is the truth.
-            lines.append(b"content-length: %d\r\n" % length)
-        elif not self._no_body and self._declared is None and not self._chunked:
-            if length is not None:
-                lines.append(b"content-length: %d\r\n" % length)
-                self._declared = length
-            elif version == "1.1":
-                lines.append(b"transfer-encoding: chunked\r\n")
-                self._chunked = True
-            else:  # HTTP/1.0 without a length: the end of the body is the end of the connection
-                self.keep_alive = False
-        mismatch = self._declared is not None and length is not None and length != self._declared
-        if mismatch and not self._no_body:
+        head = serialize_head(
+            self.status,
+            self._headers or (),
+            version=self.version,
+            method=message.method,
+            length=length,
+            keep_alive=self.keep_alive,
+        )
+        if head.mismatch:
             logger.error(
                 "%s %s: the app declared content-length %s but sent %d bytes; "
                 "closing the connection",
                 message.method,
                 message.path,
-                self._declared,
+                head.declared,
                 length,
             )
-            self.keep_alive = False
-        if not has_date:
-            lines.append(_date.get())
-        if not has_connection:
-            if not self.keep_alive and version == "1.1":
-                lines.append(b"connection: close\r\n")
-            elif self.keep_alive and version == "1.0":
-                lines.append(b"connection: keep-alive\r\n")
-        lines.append(b"\r\n")
-        return b"".join(lines)
+        self._no_body, self._declared, self._chunked = head.no_body, head.declared, head.chunked
+        self.keep_alive = head.keep_alive
+        return head.data
 
-    def write(self, head: bytes, body: bytes, more: bool) -> None:
+    def _write(self, head: bytes, body: bytes, more: bool) -> None:
         transport = self.connection.transport
         if transport is None or transport.is_closing():
             self.disconnect()
@@ -586,10 +511,8 @@ class HttpExchange:
                 and self._sent < self._declared
             ):
                 self.keep_alive = False  # the client sees a short body, then the close
-            if self.on_complete is not None and not self.recorded:
-                self.recorded = True
-                self.on_complete(self)
+            self._record()
         if data:
             transport.write(data)
-        if not more and self.on_done is not None:
-            self.on_done(self)
+        if not more and self._on_done is not None:
+            self._on_done(self)

@@ -21,26 +21,28 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
-from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
-from aiohttp.tcp_helpers import tcp_keepalive
-from aiohttp.web_protocol import RequestPayloadError
-
-from .exchange import HTTP_VERSIONS, NO_LIMITS, BodyLimits, HttpExchange, simple_response
+from ..config import ServerConfig
+from ._aiohttp import (
+    EMPTY_PAYLOAD,
+    HttpProcessingError,
+    ParsedRequests,
+    ParsingProtocol,
+    RawRequestMessage,
+    StreamReader,
+    new_request_parser,
+)
+from .exchange import HTTP_VERSIONS, BodyLimits, HttpExchange
+from .response import simple_response
 
 logger = logging.getLogger("sidecar.app")
 
 # Requests parsed ahead of the one being served (pipelining). At the limit the parser
 # stops and the socket is not read until the queue is half empty.
 MAX_PENDING = 32
-# Bytes per socket read the parser hands to a request body before flow control pauses.
-READ_BUFSIZE = 2**16
 # A request body the app did not read is read and thrown away, so the connection can
 # serve the next request; for at most this long and this many bytes, else it is closed.
 DISCARD_TIME = 10.0
@@ -52,12 +54,24 @@ class ConnectionSettings:
     """Per-connection limits and timers, from the ``server`` config section."""
 
     keep_alive_timeout: float
-    header_timeout: float = 0.0
-    max_connections: int = 0
-    max_request_line: int = 8190
-    max_header_size: int = 8190
-    max_headers: int = 128
-    body_limits: BodyLimits = NO_LIMITS
+    header_timeout: float
+    max_connections: int
+    max_request_line: int
+    max_header_size: int
+    max_headers: int
+    body_limits: BodyLimits
+
+    @classmethod
+    def from_config(cls, config: ServerConfig) -> ConnectionSettings:
+        return cls(
+            keep_alive_timeout=config.keep_alive_timeout,
+            header_timeout=config.header_timeout,
+            max_connections=config.max_connections,
+            max_request_line=config.max_request_line,
+            max_header_size=config.max_header_size,
+            max_headers=config.max_headers,
+            body_limits=BodyLimits(config.max_body_size, config.body_timeout),
+        )
 
 
 class Dispatcher(Protocol):
@@ -87,8 +101,6 @@ class Connections:
         self.open: set[HttpConnection] = set()
         #: Set when the server stops: idle connections close, busy ones after their response.
         self.closing = False
-        #: Connections refused because ``max_connections`` were open.
-        self.refused = 0
         #: Connections closed because no complete request head arrived in time.
         self.timed_out = 0
 
@@ -109,23 +121,18 @@ class Connections:
             connection.force_close()
 
 
-class HttpConnection(BaseProtocol):
+class HttpConnection(ParsingProtocol):
     """One client connection: parse requests, serve them one at a time, keep alive."""
 
     def __init__(self, manager: Connections, loop: asyncio.AbstractEventLoop) -> None:
         settings = manager.settings
-        parser = HttpRequestParser(
+        parser = new_request_parser(
             self,
             loop,
-            READ_BUFSIZE,
             max_line_size=settings.max_request_line,
             max_field_size=settings.max_header_size,
             max_headers=settings.max_headers,
-            payload_exception=RequestPayloadError,
-            # The app gets the body as the client sent it (content-encoding included),
-            # as with any ASGI server; decompressing here would also invite zip bombs.
-            auto_decompress=False,
-            max_msg_queue_size=MAX_PENDING,
+            max_pending=MAX_PENDING,
         )
         super().__init__(loop, parser)
         self._manager = manager
@@ -152,7 +159,7 @@ class HttpConnection(BaseProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        tcp_keepalive(transport)  # type: ignore[arg-type]
+        self.keep_alive_probes()
         manager = self._manager
         manager.open.add(self)
         self.client = address(transport, "peername")
@@ -162,13 +169,13 @@ class HttpConnection(BaseProtocol):
         if settings.max_connections and open_now > settings.max_connections:
             # The first request is answered 503 and the connection closed. Answering
             # after reading it (not at once) lets the client read the 503, not a reset.
-            manager.refused += 1
             self._over_cap = True
+        loop = self.loop
         if settings.header_timeout:
-            self._head_timer = self._loop.call_later(settings.header_timeout, self._head_late)
-        self._idle_since = self._loop.time()
+            self._head_timer = loop.call_later(settings.header_timeout, self._head_late)
+        self._idle_since = loop.time()
         if settings.keep_alive_timeout:
-            self._idle_timer = self._loop.call_later(settings.keep_alive_timeout, self._idle_check)
+            self._idle_timer = loop.call_later(settings.keep_alive_timeout, self._idle_check)
 
     def data_received(self, data: bytes) -> None:
         if self.transport is None or self._error is not None or self._ignore_rest:
@@ -176,14 +183,12 @@ class HttpConnection(BaseProtocol):
         if self._upgrade is not None:  # bytes of the upgraded protocol: for aiohttp
             self._upgrade_tail += data
             return
-        parser = self._parser
-        assert parser is not None
-        messages: Sequence[tuple[RawRequestMessage, StreamReader]]
+        messages: ParsedRequests
         try:
-            messages, upgraded, tail = parser.feed_data(data)
+            messages, upgraded, tail = self.feed(data)
         except HttpProcessingError as exc:
             self._error = exc
-            self._pause_transport_reading()
+            self.hold_reading()  # nothing after a malformed request is read
             messages, upgraded, tail = (), False, b""
             # A body cut by the error must not leave its reader waiting for the rest.
             if self.exchange is not None:
@@ -205,17 +210,10 @@ class HttpConnection(BaseProtocol):
                     self._upgrade = last
                     self._upgrade_tail += tail
             pending.extend(messages)
-            if len(pending) >= MAX_PENDING and not self._buffer_paused:
-                self._pause_reading_for_buffer()
+            if len(pending) >= MAX_PENDING and not self.reading_held:
+                self.hold_reading()
         if not self._busy:
             self._serve_next()
-
-    def resume_reading(self, resume_parser: bool = True) -> None:
-        # A request body calls this on every read once its buffer is below the low-water
-        # mark, paused or not; resuming (and re-running the parser) is only needed after
-        # a pause.
-        if self._reading_paused:
-            super().resume_reading(resume_parser)
 
     def eof_received(self) -> None:
         # The client half-closed: the transport closes (connection_lost follows).
@@ -225,7 +223,7 @@ class HttpConnection(BaseProtocol):
         self._manager.open.discard(self)
         self._cancel_timers()
         super().connection_lost(exc)  # wakes a writer waiting for the buffer to drain
-        self._parser = None
+        self.detach_parser()
         exchange = self.exchange
         if exchange is not None:
             exchange.disconnect()
@@ -270,15 +268,16 @@ class HttpConnection(BaseProtocol):
         self._idle_timer = None
         if self.transport is None:
             return
+        loop = self.loop
         timeout = self._settings.keep_alive_timeout
         if not self.idle:
-            due = self._loop.time() + timeout
+            due = loop.time() + timeout
         else:
             due = self._idle_since + timeout
-            if due <= self._loop.time():
+            if due <= loop.time():
                 self.force_close()
                 return
-        self._idle_timer = self._loop.call_at(due, self._idle_check)
+        self._idle_timer = loop.call_at(due, self._idle_check)
 
     # -- serving ------------------------------------------------------------------------
 
@@ -300,7 +299,7 @@ class HttpConnection(BaseProtocol):
                     self._hand_off(self._upgrade)
                     return
                 else:
-                    self._idle_since = self._loop.time()
+                    self._idle_since = self.loop.time()
                     if self._manager.closing:
                         self.force_close()
                     return
@@ -308,23 +307,29 @@ class HttpConnection(BaseProtocol):
             self._dispatching = False
 
     def _resume_parsing(self) -> None:
-        parser = self._parser
-        if parser is None:
+        if not self.parsing:
             return
-        parser.message_consumed()
-        if self._buffer_paused and len(self._pending) <= MAX_PENDING // 2:
+        self.message_consumed()
+        if self.reading_held and self._error is None and len(self._pending) <= MAX_PENDING // 2:
             # Parse what the parser held back, then read the socket again if it fits.
             self.data_received(b"")
             if len(self._pending) < MAX_PENDING:
-                self._resume_reading_for_buffer()
+                self.release_reading()
 
     def _start(self, message: RawRequestMessage, payload: StreamReader) -> None:
         version = HTTP_VERSIONS.get(message.version, "1.1")  # HttpVersion is a tuple
         keep_alive = not (message.should_close or self._over_cap or message.method == "CONNECT")
         exchange = HttpExchange(
-            self, message, payload, version, keep_alive, self._settings.body_limits
+            self,
+            message,
+            payload,
+            version=version,
+            keep_alive=keep_alive,
+            limits=self._settings.body_limits,
+            client=self.client,
+            server=self.server,
+            on_done=self._on_done,
         )
-        exchange.on_done = self._on_done
         self.exchange = exchange
         self._busy = True
         self._manager.dispatcher.dispatch(exchange, self._over_cap)
@@ -346,14 +351,14 @@ class HttpConnection(BaseProtocol):
                 self._busy = False
                 self.force_close()
                 return
-            self._loop.create_task(self._discard_body(payload))
+            self.loop.create_task(self._discard_body(payload))
             return
         self._busy = False
         self._serve_next()
 
     async def _discard_body(self, payload: StreamReader) -> None:
         """Read and drop the rest of a body the app ignored, then serve the next request."""
-        loop = self._loop
+        loop = self.loop
         deadline = loop.time() + DISCARD_TIME
         discarded = 0
         try:
@@ -383,14 +388,14 @@ class HttpConnection(BaseProtocol):
         assert transport is not None
         self._manager.open.discard(self)
         self._cancel_timers()
-        if self._buffer_paused or self._reading_paused:
-            self._resume_transport_reading()  # aiohttp reads from here on
+        if self.reading_stopped:
+            self.resume_transport()  # aiohttp reads from here on
         head = _serialize_head(message)
         tail = bytes(self._upgrade_tail)
         self._upgrade_tail.clear()
         self._upgrade = None
         self.transport = None
-        self._parser = None
+        self.detach_parser()
         self._busy = True  # nothing more on this protocol
         self._manager.dispatcher.hand_off(transport, head + tail)
 

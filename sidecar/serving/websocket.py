@@ -16,9 +16,11 @@ from enum import Enum
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from .errors import UnexpectedMessageError
-from .exchange import CLOSE, AsgiRequest, ClientDisconnected, HttpExchange
-from .types import Message
+from ..aio import first_of
+from ..errors import UnexpectedMessageError
+from ..types import Message
+from ._aiohttp import AsgiRequest, finished
+from .exchange import ClientDisconnected, HttpExchange
 
 logger = logging.getLogger("sidecar.app")
 
@@ -62,7 +64,7 @@ class WebSocketSession:
         self._accepted = asyncio.Event()
         #: The HTTP side of the handshake: denial responses, and disconnects before accept.
         self.handshake = HttpExchange(
-            request.protocol, request._message, request._payload, version, keep_alive=False
+            request.protocol, request.raw_message, request.body, version=version, keep_alive=False
         )
         self._server_close_code: int | None = None
         #: The close code the app was told about, or sent (for logs and tests).
@@ -110,15 +112,7 @@ class WebSocketSession:
         return self._disconnected(int(code), "")
 
     async def _accepted_or_gone(self) -> None:
-        waiters = (
-            asyncio.ensure_future(self._accepted.wait()),
-            asyncio.ensure_future(self.handshake.receive_disconnect()),
-        )
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+        await first_of(self._accepted.wait(), self.handshake.receive_disconnect())
 
     def _disconnected(self, code: int, reason: str) -> Message:
         self._stage = _Stage.CLOSED
@@ -207,22 +201,11 @@ class WebSocketSession:
             # Closing before accepting is a refusal: the spec's answer is HTTP 403.
             self._stage = _Stage.CLOSED
             self.close_code = code
-            await self._deny(403)
+            self.handshake.fail(403)
             return
         self._stage = _Stage.CLOSED
         self.close_code = code
         await self._ws.close(code=code, message=reason.encode("utf-8"))
-
-    async def _deny(self, status: int) -> None:
-        await self.handshake.send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8")],
-            }
-        )
-        body = HTTP_REASONS.get(status, b"")
-        await self.handshake.send({"type": "http.response.body", "body": body})
 
     # -- the end of the app call ------------------------------------------------------
 
@@ -240,10 +223,10 @@ class WebSocketSession:
         if self._stage is _Stage.DENYING:
             if not self.handshake.complete:
                 self.handshake.fail()
-            return CLOSE
+            return finished()
         if not self.handshake.started and not self.handshake.disconnected:
-            await self._deny(500 if error is not None else 403)
-        return CLOSE
+            self.handshake.fail(500 if error is not None else 403)
+        return finished()
 
     async def shutdown(self, code: int) -> None:
         """Close an accepted WebSocket from the server side (the sidecar is stopping)."""
@@ -252,6 +235,3 @@ class WebSocketSession:
             return
         self._server_close_code = code
         await ws.close(code=code, message=b"server shutting down")
-
-
-HTTP_REASONS = {403: b"Forbidden", 500: b"Internal Server Error"}

@@ -1,0 +1,47 @@
+"""The one configuration object, built once from defaults, a YAML file, the environment
+and flags, and passed down. ``schema`` declares every key; ``sources`` reads and checks
+the values.
+"""
+
+from ..errors import ConfigError
+from .schema import (
+    ENV_PREFIX,
+    SECTIONS,
+    AdminConfig,
+    AppConfig,
+    Config,
+    HealthCheckConfig,
+    HealthConfig,
+    KeySpec,
+    LifespanConfig,
+    LoggingConfig,
+    MetricsConfig,
+    ServerConfig,
+    ShutdownConfig,
+    check_key_specs,
+    key_specs,
+)
+from .sources import check_settings, dump_config, load_config, require_target
+
+__all__ = [
+    "ENV_PREFIX",
+    "SECTIONS",
+    "AdminConfig",
+    "AppConfig",
+    "Config",
+    "ConfigError",
+    "HealthCheckConfig",
+    "HealthConfig",
+    "KeySpec",
+    "LifespanConfig",
+    "LoggingConfig",
+    "MetricsConfig",
+    "ServerConfig",
+    "ShutdownConfig",
+    "check_key_specs",
+    "check_settings",
+    "dump_config",
+    "key_specs",
+    "load_config",
+    "require_target",
+]

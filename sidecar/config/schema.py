@@ -1,0 +1,332 @@
+"""The configuration's schema: every section a frozen dataclass, every key documented.
+
+Field metadata carries the documentation and the bounds, so validation, ``check-config``
+output, the README table and the chart's schema test agree by construction. Durations
+are in seconds (fractions allowed) and say so in their ``_timeout``/``_delay`` names.
+``sources`` reads the values from the file, the environment and the flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..probe import CHECK_FAILURE_THRESHOLD, CHECK_INTERVAL, CHECK_NAME_FORM, CHECK_TIMEOUT
+
+ENV_PREFIX = "SIDECAR_"
+
+
+def _opt(default: Any, doc: str, **bounds: Any) -> Any:
+    return field(default=default, metadata={"doc": doc, **bounds})
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    target: str = _opt("", "The ASGI app as `module:attribute` (attribute may be dotted).")
+    factory: bool = _opt(False, "Call the target with no arguments to get the app.")
+    app_dir: str = _opt(".", "Directory put first on `sys.path` before importing the target.")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = _opt("0.0.0.0", "Address the app port binds to.")
+    port: int = _opt(8000, "App port (0 picks a free port).", min=0, max=65535)
+    root_path: str = _opt("", "ASGI `root_path` for apps mounted below a path prefix.")
+    backlog: int = _opt(2048, "Listen backlog of the app socket.", min=1)
+    # Longer than the idle timeout of common load balancers (60 s), so the proxy, not the
+    # sidecar, closes idle upstream connections; otherwise a proxy can reuse a connection
+    # the sidecar is closing and answer its client with a 502.
+    keep_alive_timeout: float = _opt(
+        75.0, "Seconds an idle keep-alive connection stays open.", min=0
+    )
+    loop: Literal["auto", "asyncio", "uvloop"] = _opt(
+        "auto", "Event loop for the app: `auto` uses uvloop when it is installed."
+    )
+    gc_freeze: bool = _opt(
+        True,
+        "After startup, exclude everything allocated so far from garbage collection "
+        "(`gc.freeze()`), so full collections do not add milliseconds to request latency.",
+    )
+    trusted_proxies: str = _opt(
+        "",
+        "Comma-separated addresses/CIDRs (or `*`) of proxies whose `Forwarded` and "
+        "`X-Forwarded-*` headers set the client address, scheme and host; none by default.",
+    )
+    tls_certfile: str = _opt(
+        "", "PEM certificate (chain) for TLS on the app port; empty: plain HTTP."
+    )
+    tls_keyfile: str = _opt("", "PEM private key for `tls_certfile`.")
+    max_request_line: int = _opt(
+        8190, "Longest request line (method, target, version) in bytes; longer: 400.", min=64
+    )
+    max_header_size: int = _opt(8190, "Longest single header line in bytes; longer: 400.", min=64)
+    max_headers: int = _opt(100, "Most header lines in one request; more: 400.", min=1)
+    max_body_size: int = _opt(
+        100 * 1024 * 1024,
+        "Largest request body in bytes (413 before the app reads past it); 0: no limit.",
+        min=0,
+    )
+    max_connections: int = _opt(
+        4096, "Open connections on the app port; beyond: 503 and close. 0: no limit.", min=0
+    )
+    max_requests_in_flight: int = _opt(
+        1024, "Requests handled at once; beyond: 503 with Retry-After. 0: no limit.", min=0
+    )
+    header_timeout: float = _opt(
+        30.0, "Seconds a new connection gets to send a complete request head.", min=0
+    )
+    body_timeout: float = _opt(
+        60.0, "Seconds the app may wait for the next piece of a request body.", min=0
+    )
+    ws_ping_interval: float = _opt(
+        20.0,
+        "Seconds between WebSocket pings; a peer that does not answer within half of it "
+        "is disconnected (0 turns pings off).",
+        min=0,
+    )
+    ws_max_message_size: int = _opt(
+        16 * 1024 * 1024, "Largest WebSocket message accepted, in bytes (close code 1009).", min=1
+    )
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    host: str = _opt("0.0.0.0", "Address the admin port (probes, preStop, metrics) binds to.")
+    port: int = _opt(8081, "Admin port (0 picks a free port).", min=0, max=65535)
+    token: str = _opt(
+        "",
+        "Bearer token required by `/prestop` (from anywhere but loopback); prefer "
+        "`token_file` or the environment so it can come from a Secret.",
+    )
+    token_file: str = _opt("", "File holding the admin token (a mounted Secret).")
+    allow_from: str = _opt(
+        "",
+        "Comma-separated addresses/CIDRs allowed to call `/prestop` (loopback always is); "
+        "empty: any address, subject to the token.",
+    )
+
+
+@dataclass(frozen=True)
+class LifespanConfig:
+    mode: Literal["auto", "on", "off"] = _opt(
+        "auto",
+        "`auto`: run lifespan, serve anyway if the app does not support it; "
+        "`on`: lifespan must succeed; `off`: never run it.",
+    )
+    startup_timeout: float = _opt(60.0, "Seconds to wait for `lifespan.startup.complete`.", min=0)
+    shutdown_timeout: float = _opt(30.0, "Seconds to wait for `lifespan.shutdown.complete`.", min=0)
+    startup_attempts: int = _opt(1, "Lifespan startup attempts before exiting with code 3.", min=1)
+    retry_backoff: float = _opt(
+        1.0, "Seconds before the second attempt; doubles after each failure.", min=0
+    )
+    retry_backoff_max: float = _opt(30.0, "Upper bound of the retry backoff, in seconds.", min=0)
+
+
+@dataclass(frozen=True)
+class ShutdownConfig:
+    drain_delay: float = _opt(
+        5.0,
+        "Seconds to keep serving after being marked not ready, while load balancers "
+        "remove the pod from their endpoints.",
+        min=0,
+    )
+    graceful_timeout: float = _opt(
+        20.0,
+        "Seconds in-flight requests get, after the drain delay, to finish before they are cut.",
+        min=0,
+    )
+    drain_mode: Literal["idle", "fixed"] = _opt(
+        "idle",
+        "`idle`: after the drain delay keep the listener open until no request is in "
+        "flight (within graceful_timeout); `fixed`: close it when the drain delay ends.",
+    )
+    websocket_close_code: int = _opt(
+        1012,
+        "Close code sent to open WebSockets when the listener closes (1012: service restart).",
+        min=1000,
+        max=4999,
+    )
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: Literal["debug", "info", "warning", "error", "critical"] = _opt("info", "Log level.")
+    format: Literal["text", "json"] = _opt("text", "`text` or `json` (one object per line).")
+    access_log: bool = _opt(False, "Log one line per HTTP request.")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    requests: bool = _opt(
+        True, "Record per-request metrics (count, duration histogram, in-flight)."
+    )
+
+
+@dataclass(frozen=True)
+class HealthCheckConfig:
+    """One entry of ``health.checks``: a check the sidecar runs for the app."""
+
+    name: str = field(metadata={"doc": "Unique check name; `/readyz/<name>` asks for it alone."})
+    type: Literal["tcp", "http", "callable"] = field(
+        metadata={
+            "doc": "`tcp` (connect to host:port), `http` (GET url, 200-399 passes) or "
+            "`callable` (call target; raising or returning False fails)."
+        }
+    )
+    probe: Literal["readiness", "liveness"] = _opt(
+        "readiness", "The probe the check belongs to: `readiness` or `liveness`."
+    )
+    host: str = _opt("", "Host to connect to.", types=("tcp",))
+    port: int = _opt(0, "Port to connect to.", min=1, max=65535, types=("tcp",))
+    url: str = _opt("", "URL to GET, `http://` or `https://`.", types=("http",))
+    target: str = _opt(
+        "", "The function as `module:attribute`, sync or async.", types=("callable",)
+    )
+    timeout: float = _opt(
+        CHECK_TIMEOUT, "Seconds one run may take before it counts as failed.", above=0
+    )
+    interval: float = _opt(
+        CHECK_INTERVAL, "Seconds between the end of one run and the next.", above=0
+    )
+    failure_threshold: int = _opt(
+        CHECK_FAILURE_THRESHOLD,
+        "Consecutive failed runs before the check counts as failed.",
+        min=1,
+    )
+    severity: Literal["critical", "warning"] = _opt(
+        "critical", "`critical` fails the probe; `warning` is reported but never fails it."
+    )
+    tags: tuple[str, ...] = _opt((), "Labels for grouping; `?exclude=tag:<tag>` skips them.")
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    # The kubelet gives up on a probe after 1 s (timeoutSeconds). A loop this far behind
+    # would have failed an in-app probe; the sidecar keeps that verdict and answers in time.
+    ready_max_loop_lag: float = _opt(
+        1.0,
+        "Readiness fails while the app's event loop is this many seconds behind (0: never).",
+        min=0,
+    )
+    # Stuck, not busy: with the kubelet's defaults (period 10 s, failureThreshold 3) a
+    # restart follows 20-30 s after this, so the loop has been blocked for about a minute.
+    live_max_loop_lag: float = _opt(
+        30.0,
+        "Liveness fails once startup completed and the event loop is this many seconds "
+        "behind (0: never).",
+        min=0,
+    )
+    heartbeat_interval: float = _opt(
+        0.1, "Seconds between heartbeats on the app's event loop (0: no loop monitoring).", min=0
+    )
+    stack_dump_after: float = _opt(
+        1.0, "Log the app thread's stack when the loop is blocked this long (0: never).", min=0
+    )
+    stack_dump_interval: float = _opt(60.0, "At most one stack dump per this many seconds.", min=0)
+    checks: tuple[HealthCheckConfig, ...] = _opt(
+        (), "Checks the sidecar runs: a list of mappings (see Health checks)."
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    app: AppConfig = field(default_factory=AppConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    lifespan: LifespanConfig = field(default_factory=LifespanConfig)
+    shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Return the configuration as plain nested dicts (for YAML output)."""
+        document = dataclasses.asdict(self)
+        # Lists, not tuples (YAML's safe dumper has no tuples), and per check only the
+        # keys that apply to its type, so the output loads back without errors.
+        document["health"]["checks"] = [_check_to_dict(c) for c in self.health.checks]
+        return document
+
+
+def _check_to_dict(check: HealthCheckConfig) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for f in dataclasses.fields(HealthCheckConfig):
+        types = f.metadata.get("types")
+        if types is None or check.type in types:
+            value = getattr(check, f.name)
+            document[f.name] = list(value) if isinstance(value, tuple) else value
+    return document
+
+
+SECTIONS: dict[str, type[Any]] = {
+    f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)
+}
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """One configuration key: where it lives, its type, default and documentation."""
+
+    section: str
+    name: str
+    type: Any
+    default: Any
+    doc: str
+    bounds: Mapping[str, Any]
+
+    @property
+    def path(self) -> str:
+        return f"{self.section}.{self.name}"
+
+    @property
+    def env(self) -> str:
+        return f"{ENV_PREFIX}{self.section.upper()}_{self.name.upper()}"
+
+    @property
+    def expected(self) -> str:
+        """Describe the accepted form, for error messages and docs."""
+        if typing.get_origin(self.type) is Literal:
+            return "one of " + ", ".join(repr(c) for c in typing.get_args(self.type))
+        if self.type is bool:
+            return "a boolean (true or false)"
+        if self.type is int:
+            low, high = self.bounds.get("min"), self.bounds.get("max")
+            if low is not None and high is not None:
+                return f"an integer from {low} to {high}"
+            return f"an integer >= {low}" if low is not None else "an integer"
+        if self.type is float:
+            if self.bounds.get("above") is not None:
+                return (
+                    f"a number of seconds > {self.bounds['above']:g} (fractions allowed, e.g. 0.5)"
+                )
+            return "a number of seconds >= 0 (fractions allowed, e.g. 2.5)"
+        if self.type == tuple[str, ...]:
+            return f"a list of names ({CHECK_NAME_FORM})"
+        if self.type == tuple[HealthCheckConfig, ...]:
+            return (
+                "a list of check mappings, e.g. "
+                "[{name: db, type: tcp, host: db.internal, port: 5432}]"
+            )
+        return "a string"
+
+
+def _field_specs(section: str, cls: type[Any]) -> list[KeySpec]:
+    hints = typing.get_type_hints(cls)
+    specs = []
+    for f in dataclasses.fields(cls):
+        bounds = {k: v for k, v in f.metadata.items() if k != "doc"}
+        specs.append(KeySpec(section, f.name, hints[f.name], f.default, f.metadata["doc"], bounds))
+    return specs
+
+
+def key_specs() -> list[KeySpec]:
+    """List every configuration key in declaration order."""
+    return [spec for section, cls in SECTIONS.items() for spec in _field_specs(section, cls)]
+
+
+def check_key_specs() -> list[KeySpec]:
+    """List the keys of one ``health.checks`` entry (section ``health.checks[]``)."""
+    return _field_specs("health.checks[]", HealthCheckConfig)
