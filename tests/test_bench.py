@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench import apps, instructions
+from bench import apps, instructions, soak
 from bench.compare import SCENARIOS, Results, Sample, markdown, summarize
 
-from .conftest import fetch
+from .conftest import ROOT, fetch
 
 
 def test_raw_bench_app_endpoints(run_sidecar: Any) -> None:
@@ -49,3 +53,35 @@ def test_report_names_every_measured_scenario() -> None:
     report = markdown(results, table, ["uvicorn", "sidecar"])
     for scenario in SCENARIOS:
         assert f"| {scenario.title} | 1,000 (2.0 ms) | 1,100 (2.5 ms) | **1.10x** |" in report
+
+
+def test_soak_quick_run_exercises_and_counts_every_kind(tmp_path: Path) -> None:
+    # Checks the harness, not the figures: a noisy machine may miss the RSS target in a
+    # run this short (exit status 3), the full run is what the README reports.
+    command = [sys.executable, "bench/soak.py", "--quick", "--requests", "3000"]
+    result = subprocess.run(
+        [*command, "--results", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode in (0, 3), output
+    [report_file] = tmp_path.glob("soak-*.json")
+    report = json.loads(report_file.read_text())
+    assert report["completed_run"]
+    assert report["failures"] == {}, report["failure_examples"]
+    assert set(report["completed"]) == set(soak.KINDS)
+    assert all(count > 0 for count in report["completed"].values()), report["completed"]
+    assert report["total"] == sum(report["completed"].values()) >= 3000
+    assert report["server_codes"]["499"] > 0  # the abandoned bodies, as the sidecar saw them
+    phases = [sample["phase"] for sample in report["samples"]]
+    assert phases[0] == "baseline"
+    assert phases[-2:] == ["end of load", "settled"]
+    for key in ("rss_growth_pct", "fds_baseline", "fds_end_of_load", "fds_after_settle"):
+        assert isinstance(report[key], int | float), key
+    markdown_text = report_file.with_suffix(".md").read_text()
+    for text in (markdown_text, result.stdout):
+        assert "RSS growth after warm-up: " in text
+        assert f"fds: baseline {report['fds_baseline']}, after load " in text
