@@ -108,6 +108,8 @@ def load_app(target: str, *, factory: bool = False, app_dir: str | None = ".") -
                 f"cannot load app {target!r}: the factory raised {type(exc).__name__}: {exc}",
             ) from exc
         if inspect.isawaitable(obj):
+            if inspect.iscoroutine(obj):
+                obj.close()  # never awaited; closing it avoids a RuntimeWarning
             raise AppLoadError(
                 "factory",
                 f"cannot load app {target!r}: the factory returned an awaitable; "

@@ -76,10 +76,12 @@ class Sidecar:
         app: ASGIApp | None = None,
         registry: CollectorRegistry | None = None,
         process_collectors: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self._app = app
-        self.lifecycle = Lifecycle(drain_delay=config.shutdown.drain_delay)
+        # The drain clock: when a drain began and how much of its delay is left.
+        self.lifecycle = Lifecycle(drain_delay=config.shutdown.drain_delay, clock=clock)
         self.metrics = Metrics(
             version=__version__,
             phases=[phase.value for phase in Phase],
@@ -369,16 +371,18 @@ class Sidecar:
         loop = asyncio.get_running_loop()
         shutdown, lifecycle, force = self.config.shutdown, self.lifecycle, self._force
         # A preStop hook may have started the drain already: only what is left of the
-        # delay is waited for. Both deadlines are fixed now, on the loop's clock.
-        drain_end = loop.time() + max(lifecycle.begin_drain() - lifecycle.clock(), 0.0)
-        deadline = drain_end + shutdown.graceful_timeout
-        if drain_end > loop.time() and not force.is_set():
+        # delay is waited for. Both deadlines are fixed now.
+        drain_end = lifecycle.begin_drain()  # on the lifecycle's clock
+        left = drain_end - lifecycle.clock()
+        deadline = loop.time() + max(left, 0.0) + shutdown.graceful_timeout
+        if left > 0 and not force.is_set():
             # Keep serving while load balancers stop routing here.
-            logger.info(
-                "draining: serving for %.1fs more before closing the listener",
-                drain_end - loop.time(),
-            )
-            await first_of(force.wait(), deadline=drain_end)
+            logger.info("draining: serving for %.1fs more before closing the listener", left)
+            # The loop's clock may run a hair behind the lifecycle's: wait until the
+            # drain has ended on the clock that defines it.
+            while left > 0 and not force.is_set():
+                await first_of(force.wait(), deadline=loop.time() + left)
+                left = drain_end - lifecycle.clock()
         server.end_streams()
         if shutdown.drain_mode == "idle" and server.in_flight and not force.is_set():
             logger.info(

@@ -15,7 +15,8 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,8 +214,14 @@ def run_sidecar() -> Iterator[Any]:
     """Start in-process sidecars for an app; every one is stopped at teardown."""
     started: list[Running] = []
 
-    def start(app: ASGIApp, *, wait: bool = True, **overrides: Any) -> Running:
-        sidecar = Sidecar(make_config(**overrides), app=app, process_collectors=False)
+    def start(
+        app: ASGIApp,
+        *,
+        wait: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        **overrides: Any,
+    ) -> Running:
+        sidecar = Sidecar(make_config(**overrides), app=app, process_collectors=False, clock=clock)
         running = Running(sidecar)
         started.append(running)
         if wait:

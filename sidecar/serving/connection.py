@@ -35,8 +35,10 @@ from ._aiohttp import (
     StreamReader,
     new_request_parser,
 )
-from .exchange import HTTP_VERSIONS, BodyLimits, HttpExchange
+from .body import BodyLimits
+from .exchange import HttpExchange
 from .response import simple_response
+from .scope import HTTP_VERSIONS
 
 logger = logging.getLogger("sidecar.app")
 

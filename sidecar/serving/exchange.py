@@ -16,36 +16,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import UnexpectedMessageError
 from ..types import ASGIApp, Message, Scope
-from ._aiohttp import (
-    EMPTY_PAYLOAD,
-    HttpProcessingError,
-    RawRequestMessage,
-    RequestPayloadError,
-    StreamReader,
-    drain,
+from ._aiohttp import EMPTY_PAYLOAD, RawRequestMessage, StreamReader, drain
+from .body import NO_LIMITS, BodyLimits, BodyRefused, read_piece
+from .response import (
+    ERROR_HEADERS,
+    RETRY_AFTER,
+    FileBody,
+    reason,
+    serialize_head,
 )
-from .response import ERROR_HEADERS, RETRY_AFTER, InvalidResponseError, reason, serialize_head
 
 logger = logging.getLogger("sidecar.app")
 
-# HTTP spec 2.4: send() after the client has gone raises an OSError subclass, which is
-# what lets Starlette stream without a second task listening for http.disconnect.
-ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
-HTTP_VERSIONS = {(1, 1): "1.1", (1, 0): "1.0"}
-# Bytes read from a file per write for http.response.pathsend.
-_FILE_CHUNK = 256 * 1024
-
 
 class ClientDisconnected(OSError):
-    """Raised by ``send()`` when the client has closed the connection."""
+    """Raised by ``send()`` when the client has closed the connection.
+
+    An ``OSError``, as the HTTP spec 2.4 says (``scope.ASGI_VERSION``): it is what lets
+    Starlette stream without a second task listening for ``http.disconnect``.
+    """
 
 
 class Connection(Protocol):
@@ -56,16 +51,6 @@ class Connection(Protocol):
 
     def force_close(self) -> None: ...
 
-
-@dataclass(frozen=True)
-class BodyLimits:
-    """Request body limits from ``server.max_body_size`` and ``server.body_timeout``."""
-
-    max_size: int  # bytes; 0: no limit
-    read_timeout: float  # seconds between pieces of body; 0: no limit
-
-
-NO_LIMITS = BodyLimits(0, 0.0)
 
 Recorder = Callable[["HttpExchange"], None]
 
@@ -211,14 +196,6 @@ class HttpExchange:
         if task is not None and not task.done():
             task.cancel()
 
-    def refuse(
-        self, status: int, headers: list[tuple[bytes, bytes]] | None = None, *, close: bool
-    ) -> None:
-        """Answer ``status`` instead of running the app; ``close`` ends the connection."""
-        if close:
-            self.keep_alive = False
-        self.fail(status, headers)
-
     def close_connection(self) -> None:
         """Close the connection after this response (the server is stopping)."""
         self.keep_alive = False
@@ -253,43 +230,16 @@ class HttpExchange:
                 self._continued = True
                 if "Expect" in message.headers:  # rare: check before calling anything
                     self._answer_expect_continue()
-            limits = self._limits
             try:
-                # Most bodies are already buffered when the app asks: take them without
-                # waiting (and without arming the body timeout).
-                chunk = content.read_nowait()  # raises what broke the body, if anything
-                if not chunk and not content.at_eof():
-                    if limits.read_timeout:
-                        async with asyncio.timeout(limits.read_timeout):
-                            chunk = await content.readany()
-                    else:
-                        chunk = await content.readany()
-            except TimeoutError:
-                logger.info(
-                    "%s %s: no request body data for %gs (server.body_timeout); closing",
-                    message.method,
-                    message.path,
-                    limits.read_timeout,
-                )
-                self._refuse_body(408)
-                return {"type": "http.disconnect"}
-            except (HttpProcessingError, RequestPayloadError) as exc:  # broken body framing
-                logger.info("%s %s: invalid request body: %s", message.method, message.path, exc)
-                self._refuse_body(400)
+                chunk = await read_piece(content, self._limits, self._received)
+            except BodyRefused as exc:
+                logger.info("%s %s: %s; closing", message.method, message.path, exc.reason)
+                self._refuse_body(exc.status)
                 return {"type": "http.disconnect"}
             except Exception:  # the connection was lost while reading the body
                 self.disconnect()
                 return {"type": "http.disconnect"}
             self._received += len(chunk)
-            if limits.max_size and self._received > limits.max_size:
-                logger.info(
-                    "%s %s: request body passed server.max_body_size (%d bytes); closing",
-                    message.method,
-                    message.path,
-                    limits.max_size,
-                )
-                self._refuse_body(413)
-                return {"type": "http.disconnect"}
             more = not content.at_eof()
             self._body_done = not more
             return {"type": "http.request", "body": chunk, "more_body": more}
@@ -401,42 +351,35 @@ class HttpExchange:
         """
         if self.disconnected:
             raise ClientDisconnected("the client closed the connection")
-        loop = asyncio.get_running_loop()
-        try:
-            handle = await loop.run_in_executor(None, open, path, "rb")
-        except OSError as exc:
-            raise InvalidResponseError(
-                f"http.response.pathsend: cannot open {path!r}: {exc.strerror or exc}"
-            ) from exc
-        try:
-            size = os.fstat(handle.fileno()).st_size
-            head = self._head(size)
+        async with FileBody(path) as file:
+            head = self._head(file.size)
             self.started = True
-            remaining = size
             while True:
-                chunk = b""
-                if remaining:
-                    chunk = await loop.run_in_executor(
-                        None, handle.read, min(_FILE_CHUNK, remaining)
-                    )
-                remaining -= len(chunk)
-                more = bool(chunk) and remaining > 0
+                chunk, more = await file.read()
                 self._write(head, chunk, more)
                 head = b""
                 if not more:
                     return
                 await drain(self.connection)
-        finally:
-            handle.close()
 
-    def fail(self, status: int = 500, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    def fail(
+        self,
+        status: int = 500,
+        extra: list[tuple[bytes, bytes]] | None = None,
+        *,
+        close: bool = False,
+    ) -> None:
         """Answer ``status`` when nothing was sent yet; otherwise cut the connection.
+
+        ``close`` ends the connection after the answer (a request refused mid-stream).
 
         A response that already started cannot be turned into an error, and ending it
         normally would make a truncated body look complete to the client. A complete
         response (the app raised afterwards, in a background task) is left to be
         delivered: aborting would drop what the transport still buffers.
         """
+        if close:
+            self.keep_alive = False
         if self.complete:
             self.keep_alive = False
             return

@@ -8,11 +8,14 @@ bytes are written as they came, after a check for line breaks (response splittin
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from collections.abc import Sequence
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import NamedTuple
+from types import TracebackType
+from typing import BinaryIO, NamedTuple
 
 _REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 _STATUS_LINES = {
@@ -27,6 +30,8 @@ ERROR_HEADERS = [(b"content-type", b"text/plain; charset=utf-8")]
 RETRY_AFTER = (b"retry-after", b"1")
 
 Headers = Sequence[tuple[bytes, bytes]]
+# Bytes read from a file per write for http.response.pathsend.
+_FILE_CHUNK = 256 * 1024
 
 
 class InvalidResponseError(ValueError):
@@ -157,3 +162,47 @@ def serialize_head(
             lines.append(b"connection: keep-alive\r\n")
     lines.append(b"\r\n")
     return Head(b"".join(lines), no_body, declared, chunked, keep_alive, mismatch)
+
+
+class FileBody:
+    """A file sent as a whole response body (``http.response.pathsend``), in chunks.
+
+    Opening and reading happen in the default executor: a file on a slow or network
+    filesystem must not stall every other request on the loop.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._handle: BinaryIO | None = None
+        self._remaining = 0
+        self.size = 0
+
+    async def __aenter__(self) -> FileBody:
+        loop = asyncio.get_running_loop()
+        try:
+            self._handle = await loop.run_in_executor(None, open, self._path, "rb")
+        except OSError as exc:
+            raise InvalidResponseError(
+                f"http.response.pathsend: cannot open {self._path!r}: {exc.strerror or exc}"
+            ) from exc
+        self.size = self._remaining = os.fstat(self._handle.fileno()).st_size
+        return self
+
+    async def read(self) -> tuple[bytes, bool]:
+        """The next chunk, and whether more follows."""
+        chunk = b""
+        if self._remaining and self._handle is not None:
+            chunk = await asyncio.get_running_loop().run_in_executor(
+                None, self._handle.read, min(_FILE_CHUNK, self._remaining)
+            )
+        self._remaining -= len(chunk)
+        return chunk, bool(chunk) and self._remaining > 0
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._handle is not None:
+            self._handle.close()

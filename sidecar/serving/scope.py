@@ -6,8 +6,11 @@ from typing import Any
 from urllib.parse import unquote
 
 from ._aiohttp import RawRequestMessage
-from .exchange import ASGI_VERSION
 from .proxy import TrustedProxies, parse_forwarded, parse_x_forwarded
+
+# HTTP spec 2.4: send() after the client has gone raises an OSError subclass.
+ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
+HTTP_VERSIONS = {(1, 1): "1.1", (1, 0): "1.0"}
 
 Address = tuple[str, int] | None
 

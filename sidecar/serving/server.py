@@ -30,9 +30,9 @@ from ..metrics import Metrics
 from ..types import ASGIApp
 from ._aiohttp import EMPTY_PAYLOAD, AsgiRequest, finished, websocket_server
 from .connection import Connections, ConnectionSettings, address
-from .exchange import HTTP_VERSIONS, ClientDisconnected, HttpExchange
+from .exchange import ClientDisconnected, HttpExchange
 from .response import RETRY_AFTER
-from .scope import ScopeBuilder
+from .scope import HTTP_VERSIONS, ScopeBuilder
 from .websocket import WebSocketSession, WebSocketSettings
 
 logger = logging.getLogger("sidecar.app")
@@ -277,7 +277,7 @@ class AppServer:
         """Answer for the app and count it; refused requests are in the access log too."""
         if self._stats is not None:
             self._stats.observe(exchange.message.method, status, 0.0)
-        exchange.refuse(status, headers, close=close)
+        exchange.fail(status, headers, close=close)
         if self._access_log:
             self._log_access(exchange, status, time.perf_counter() - exchange.started_at)
 

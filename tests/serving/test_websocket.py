@@ -13,7 +13,7 @@ import pytest
 
 from sidecar.errors import UnexpectedMessageError
 
-from . import apps
+from .. import apps
 
 T = TypeVar("T")
 
@@ -195,7 +195,7 @@ def test_shutdown_closes_open_websockets_with_1012(run_sidecar: Any) -> None:
 
 
 def test_http_still_works_beside_websockets(run_sidecar: Any) -> None:
-    from .conftest import fetch
+    from ..conftest import fetch
 
     running = run_sidecar(apps.WebSocketApp())
     assert fetch(running.app("/")).text == "ok"

@@ -19,7 +19,7 @@ import pytest
 
 from sidecar.types import Message, Receive, Scope, Send
 
-from .conftest import WAIT, fetch
+from ..conftest import WAIT, fetch
 
 BIG = 32 * 1024 * 1024  # far more than loopback socket buffers take at once
 

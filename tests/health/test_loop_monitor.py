@@ -19,9 +19,9 @@ from sidecar.config import HealthConfig
 from sidecar.health import LoopMonitor
 from sidecar.metrics import LoopLagStats
 
-from . import apps
-from .conftest import LOOPBACK, WAIT, LogWatch, Reply, fetch
-from .metrics_util import scrape_samples
+from .. import apps
+from ..conftest import LOOPBACK, WAIT, LogWatch, Reply, fetch
+from ..metrics_util import scrape_samples
 
 # Probes must answer well inside the kubelet's 1 s timeout while the app loop is stuck.
 PROMPT = 0.25

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .parity import ParityClient, Servers, WsSeen, http, serve_both
+from ..parity import ParityClient, Servers, WsSeen, http, serve_both
 
 TARGET = "tests.frameworks.litestar_app:app"
 JSON = {"Content-Type": "application/json"}

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import fetch
-from .frameworks import DATA_DIR_ENV, FILE_NAME
-from .parity import HttpSeen, ParityClient, Servers, WsSeen, http, serve_both, write_data_file
+from ..conftest import fetch
+from ..parity import HttpSeen, ParityClient, Servers, WsSeen, http, serve_both, write_data_file
+from . import DATA_DIR_ENV, FILE_NAME
 
 TARGET = "tests.frameworks.starlette_app:app"
 

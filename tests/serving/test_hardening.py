@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from . import apps
-from .conftest import fetch
+from .. import apps
+from ..conftest import fetch
 
 
 def exchange_raw(url: str, data: bytes, *, timeout: float = 30) -> bytes:

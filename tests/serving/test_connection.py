@@ -9,8 +9,8 @@ import socket
 import threading
 from typing import Any
 
-from . import apps
-from .conftest import WAIT, fetch, open_socket
+from .. import apps
+from ..conftest import WAIT, fetch, open_socket
 
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from . import apps
-from .conftest import fetch
+from .. import apps
+from ..conftest import fetch
 
 TOKEN = st.text(
     alphabet=st.characters(min_codepoint=33, max_codepoint=126, exclude_characters=":"),
@@ -71,7 +71,7 @@ def _send(url: str, data: bytes) -> bytes:
 def fuzz_target() -> Any:
     from sidecar.runner import Sidecar
 
-    from .conftest import Running, make_config
+    from ..conftest import Running, make_config
 
     checker = apps.ScopeChecker()
     running = Running(

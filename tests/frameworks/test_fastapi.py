@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .parity import HttpSeen, ParityClient, Servers, WsSeen, http, serve_both
+from ..parity import HttpSeen, ParityClient, Servers, WsSeen, http, serve_both
 
 TARGET = "tests.frameworks.fastapi_app:app"
 JSON = {"Content-Type": "application/json"}

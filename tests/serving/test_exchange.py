@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 import pytest
 import trustme
 
-from . import apps
-from .conftest import fetch, open_socket
+from .. import apps
+from ..conftest import fetch, open_socket
 
 
 def _read_head(sock: socket.socket) -> bytes:

@@ -14,8 +14,8 @@ import pytest
 from sidecar.errors import BindError
 from sidecar.state import Phase
 
-from . import apps
-from .conftest import fetch, fetch_quietly
+from .. import apps
+from ..conftest import fetch, fetch_quietly
 
 
 def connect(url: str) -> http.client.HTTPConnection:

@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from . import apps
+from .. import apps
 
 LOAD_SECONDS = 2.0  # bounded: the test stops on its own
 WORKERS = 48

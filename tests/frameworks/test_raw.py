@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from .conftest import LOOPBACK, fetch
-from .parity import ParityClient, Servers, WsSeen, http, run_scenario, serve_both
+from ..conftest import LOOPBACK, fetch
+from ..parity import ParityClient, Servers, WsSeen, http, run_scenario, serve_both
 
 TARGET = "tests.frameworks.raw_app:app"
 UPGRADE = {

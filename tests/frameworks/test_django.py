@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import LOOPBACK
-from .frameworks import DATA_DIR_ENV, FILE_NAME
-from .parity import HttpSeen, ParityClient, Servers, http, serve_both, write_data_file
+from ..conftest import LOOPBACK
+from ..parity import HttpSeen, ParityClient, Servers, http, serve_both, write_data_file
+from . import DATA_DIR_ENV, FILE_NAME
 
 TARGET = "tests.frameworks.django_app:application"
 SECURITY_HEADERS = (
