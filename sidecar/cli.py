@@ -157,14 +157,19 @@ def check_config_command(**kwargs: Any) -> None:
 def prestop_command(config_path: str | None, admin_port: str | None, timeout: float | None) -> None:
     """Drain the local sidecar before SIGTERM (for an `exec` preStop hook).
 
-    Calls /prestop on the admin port over loopback and returns when the drain delay has
-    passed: exit 0 when drained, 1 when the sidecar could not be reached.
+    Calls /prestop on the admin port over loopback with the admin token (from the same
+    config file, environment and token file as `sidecar run`) and returns when the drain
+    delay has passed: exit 0 when drained, 1 when the sidecar could not be reached or
+    refused the call, 2 for a configuration error.
     """
     import urllib.error
     import urllib.request
 
+    from .auth import load_token
+
     try:
         config = load_config(config_path, env=os.environ, overrides={"admin.port": admin_port})
+        token = load_token(config.admin)
     except ConfigError as exc:
         _config_problems(exc)
     host = config.admin.host
@@ -176,9 +181,14 @@ def prestop_command(config_path: str | None, admin_port: str | None, timeout: fl
     if ":" in host:
         url = f"http://[{host}]:{config.admin.port}/prestop"
     wait = timeout if timeout is not None else config.shutdown.drain_delay + 5.0
-    request = urllib.request.Request(url, method="POST")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=wait) as response:
             click.echo(response.read().decode("utf-8", "replace").strip())
+    except urllib.error.HTTPError as exc:
+        reason = exc.read().decode("utf-8", "replace").strip()
+        hint = "" if token else "; no admin token is set here (admin.token, admin.token_file)"
+        _fail(EXIT_ERROR, f"{url} refused the drain ({exc.code}): {reason}{hint}")
     except (urllib.error.URLError, OSError) as exc:
         _fail(EXIT_ERROR, f"could not drain via {url}: {exc}")

@@ -99,7 +99,11 @@ class Sidecar:
             self.metrics,
             probes,
             background=(self.loop_monitor.watch, self.checks.run),
-            guard=AdminGuard(load_token(config.admin), config.admin.allow_from),
+            guard=AdminGuard(
+                load_token(config.admin),
+                config.admin.allow_from,
+                trust_loopback=config.admin.trust_loopback,
+            ),
         )
         self._config_checks_added = False
         self.app_server: AppServer | None = None
@@ -180,8 +184,8 @@ class Sidecar:
             logger.info("admin endpoints on %s", _url(self.admin.address))
             if self.admin.guard.open:
                 logger.info(
-                    "/prestop accepts any caller; set admin.token (or admin.allow_from) so "
-                    "that only the kubelet can drain this pod"
+                    "/prestop accepts any caller; set admin.token (or admin.token_file) so "
+                    "that only the kubelet's hook and operators can drain this pod"
                 )
             driver = await self._start_app()
             if driver is None:

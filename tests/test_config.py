@@ -108,12 +108,13 @@ SAMPLES = {
     "server.trusted_proxies": "10.0.0.0/8",
     "admin.allow_from": "10.0.0.0/8",
     "app.target": "pkg.mod:app",
+    "admin.token": "a-token-of-32-bytes-for-the-test",
 }
 
 
 def test_every_key_has_an_environment_variable(tmp_path: Path) -> None:
     pem = tmp_path / "x.pem"
-    pem.write_text("not checked here")
+    pem.write_text("not checked here, but long enough for a token")
     paired = {"SIDECAR_SERVER_TLS_CERTFILE": str(pem), "SIDECAR_SERVER_TLS_KEYFILE": str(pem)}
     for spec in key_specs():
         if spec.path == "health.checks":  # a list, written in YAML; tested on its own

@@ -6,6 +6,7 @@ the values.
 from ..errors import ConfigError
 from .schema import (
     ENV_PREFIX,
+    REDACTED,
     SECTIONS,
     AdminConfig,
     AppConfig,
@@ -21,11 +22,21 @@ from .schema import (
     check_key_specs,
     key_specs,
 )
-from .sources import check_settings, dump_config, load_config, require_target
+from .sources import (
+    TOKEN_MIN_BYTES,
+    check_settings,
+    dump_config,
+    load_config,
+    read_token_file,
+    require_target,
+    token_problem,
+)
 
 __all__ = [
     "ENV_PREFIX",
+    "REDACTED",
     "SECTIONS",
+    "TOKEN_MIN_BYTES",
     "AdminConfig",
     "AppConfig",
     "Config",
@@ -43,5 +54,7 @@ __all__ = [
     "dump_config",
     "key_specs",
     "load_config",
+    "read_token_file",
     "require_target",
+    "token_problem",
 ]

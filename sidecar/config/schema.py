@@ -17,6 +17,8 @@ from typing import Any, Literal
 from ..probe import CHECK_FAILURE_THRESHOLD, CHECK_INTERVAL, CHECK_NAME_FORM, CHECK_TIMEOUT
 
 ENV_PREFIX = "SIDECAR_"
+#: What a secret's value is shown as, wherever configuration is printed.
+REDACTED = "<redacted>"
 
 
 def _opt(default: Any, doc: str, **bounds: Any) -> Any:
@@ -98,14 +100,24 @@ class AdminConfig:
     port: int = _opt(8081, "Admin port (0 picks a free port).", min=0, max=65535)
     token: str = _opt(
         "",
-        "Bearer token required by `/prestop` (from anywhere but loopback); prefer "
-        "`token_file` or the environment so it can come from a Secret.",
+        "Bearer token every caller of `/prestop` must present (at least 16 bytes, e.g. "
+        "`openssl rand -hex 32`); prefer `token_file` or the environment so it can come "
+        "from a Secret. Never printed.",
+        secret=True,
     )
     token_file: str = _opt("", "File holding the admin token (a mounted Secret).")
     allow_from: str = _opt(
         "",
-        "Comma-separated addresses/CIDRs allowed to call `/prestop` (loopback always is); "
-        "empty: any address, subject to the token.",
+        "Comma-separated addresses/CIDRs allowed to call `/prestop`; empty: any address, "
+        "subject to the token. Loopback is not implied: list it if the exec hook needs it.",
+    )
+    # In a service mesh the pod's proxy delivers inbound connections from loopback
+    # (Istio's Envoy from 127.0.0.6, older Istio and Linkerd from 127.0.0.1), so
+    # "loopback" would include every workload that can reach the admin port.
+    trust_loopback: bool = _opt(
+        False,
+        "Let callers on loopback use `/prestop` without the token or allow-list. Off by "
+        "default: in a service mesh every inbound connection comes from loopback.",
     )
 
 
@@ -243,8 +255,14 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """Return the configuration as plain nested dicts (for YAML output)."""
+        """Return the configuration as plain nested dicts (for YAML output).
+
+        Secrets (keys declared ``secret``) that are set read ``<redacted>``.
+        """
         document = dataclasses.asdict(self)
+        for spec in key_specs():
+            if spec.bounds.get("secret") and document[spec.section][spec.name]:
+                document[spec.section][spec.name] = REDACTED
         # Lists, not tuples (YAML's safe dumper has no tuples), and per check only the
         # keys that apply to its type, so the output loads back without errors.
         document["health"]["checks"] = [_check_to_dict(c) for c in self.health.checks]

@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..probe import BUILTIN_CHECKS, CHECK_NAME, CHECK_NAME_FORM
 from .schema import (
     ENV_PREFIX,
+    REDACTED,
     SECTIONS,
     Config,
     HealthCheckConfig,
@@ -248,8 +249,9 @@ class _Layer:
             if exc.problems:
                 self.problems.extend(f"{where}: {problem}" for problem in exc.problems)
             else:
+                shown = REDACTED if spec.bounds.get("secret") else repr(value)
                 self.problems.append(
-                    f"{where}: invalid value {value!r} for {spec.path}; expected {spec.expected}"
+                    f"{where}: invalid value {shown} for {spec.path}; expected {spec.expected}"
                 )
 
 
@@ -389,11 +391,21 @@ def _check_admin(config: Config, problems: list[str]) -> None:
             "admin.token and admin.token_file are both set; expected one of them "
             "(token_file for a mounted Secret)"
         )
-    if admin.token_file and not Path(admin.token_file).is_file():
-        problems.append(
-            f"admin.token_file: no such file {admin.token_file!r}; "
-            "expected a file holding the token"
-        )
+    if admin.token:
+        problem = token_problem(admin.token, "admin.token")
+        if problem is not None:
+            problems.append(problem)
+    if admin.token_file:
+        if not Path(admin.token_file).is_file():
+            problems.append(
+                f"admin.token_file: no such file {admin.token_file!r}; "
+                "expected a file holding the token"
+            )
+        else:
+            try:
+                read_token_file(admin.token_file)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
     try:
         parse_networks(admin.allow_from)
     except ValueError as exc:
@@ -401,6 +413,47 @@ def _check_admin(config: Config, problems: list[str]) -> None:
             f"invalid address {str(exc)!r} in admin.allow_from ({admin.allow_from!r}); "
             "expected comma-separated IP addresses or CIDRs, e.g. '10.0.0.0/8'"
         )
+
+
+# Placeholders that example files and tutorials ship; a token containing one is public.
+_PLACEHOLDERS = ("replace-me", "replace_me", "changeme", "change-me", "example", "xxxxxxxx")
+TOKEN_MIN_BYTES = 16
+_TOKEN_ADVICE = "generate one with `openssl rand -hex 32`"
+
+
+def token_problem(token: str, where: str) -> str | None:
+    """Why ``token`` is no admin token (a placeholder, too short), or ``None``.
+
+    The message names where it came from, never the token itself.
+    """
+    lowered = token.lower()
+    if any(placeholder in lowered for placeholder in _PLACEHOLDERS):
+        return (
+            f"{where} is a placeholder from an example (anyone who read it knows it); "
+            f"{_TOKEN_ADVICE}"
+        )
+    size = len(token.encode("utf-8"))
+    if size < TOKEN_MIN_BYTES:
+        return (
+            f"{where} is too short to be a secret ({size} bytes; expected at least "
+            f"{TOKEN_MIN_BYTES}); {_TOKEN_ADVICE}"
+        )
+    return None
+
+
+def read_token_file(path: str) -> str:
+    """The token in ``path`` (surrounding whitespace removed); ``ConfigError`` if unusable."""
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConfigError([f"admin.token_file: cannot read {path!r}: {reason}"]) from exc
+    if not token:
+        raise ConfigError([f"admin.token_file: {path!r} is empty; {_TOKEN_ADVICE}"])
+    problem = token_problem(token, f"the token in admin.token_file {path!r}")
+    if problem is not None:
+        raise ConfigError([problem])
+    return token
 
 
 def _check_coherence(config: Config, problems: list[str]) -> None:

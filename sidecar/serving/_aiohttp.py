@@ -62,7 +62,7 @@ def _check() -> None:
         for owner, names in (
             (BaseProtocol, ("_loop", "_parser", "_reading_paused", "_drain_helper")),
             (HttpRequestParser, ("feed_data", "message_consumed", "pause_reading")),
-            (BaseRequest, ("_cancel",)),
+            (BaseRequest, ("_cancel", "_prepare_hook")),
         )
         for name in names
         if not hasattr(owner, name)
@@ -262,6 +262,12 @@ class AsgiRequest(BaseRequest):
         super()._cancel(exc)
         if self.exchange is not None:
             self.exchange.disconnect()
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        # Called once aiohttp has set the response's headers, before they are written:
+        # the handshake names no server software (aiohttp adds Python's and its own).
+        response.headers.popall("Server", None)
+        await super()._prepare_hook(response)
 
 
 class _Finished:
