@@ -35,7 +35,9 @@ helm.sh/chart: {{ include "lifespan-sidecar.chart" . }}
 {{ include "lifespan-sidecar.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
-app.kubernetes.io/part-of: lifespan-sidecar
+{{- with .Values.partOf }}
+app.kubernetes.io/part-of: {{ . | quote }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -187,6 +189,15 @@ token
 {{- end }}
 
 {{/*
+Containers given in the values (initContainers, extraContainers), rendered with `tpl` so that
+their strings may use the chart's templates, such as the release's own image.
+*/}}
+{{- define "lifespan-sidecar.userContainers" -}}
+{{- $root := index . 0 }}
+{{- tpl (toYaml (index . 1)) $root }}
+{{- end }}
+
+{{/*
 Checks that fail the render with a message instead of producing a pod that cannot work.
 Included once, from the Deployment.
 */}}
@@ -218,6 +229,12 @@ Included once, from the Deployment.
 {{- if $auth.enabled }}
 {{- if dig "admin" "token_file" "" $config }}
 {{- fail "config.admin.token_file is set while adminAuth.enabled is true: the token from adminAuth (SIDECAR_ADMIN_TOKEN) would silently win. Use one: adminAuth, or adminAuth.enabled=false with your own Secret mounted through extraVolumes" }}
+{{- end }}
+{{- if and $auth.token (lt (len $auth.token) 16) }}
+{{- fail (printf "adminAuth.token is %d characters long: the sidecar refuses a token shorter than 16. Generate one with `openssl rand -hex 32`, or leave adminAuth.token empty to have the chart generate one" (len $auth.token)) }}
+{{- end }}
+{{- if eq $auth.token "REPLACE-ME-with-a-random-token" }}
+{{- fail "adminAuth.token is the placeholder of manifests/secret.yaml, which is public: the sidecar refuses it. Generate one with `openssl rand -hex 32`, or leave adminAuth.token empty to have the chart generate one" }}
 {{- end }}
 {{- if and $auth.token $auth.existingSecret }}
 {{- fail "adminAuth.token and adminAuth.existingSecret are both set: give the token inline (the chart stores it in a Secret) or name an existing Secret, not both" }}
@@ -257,5 +274,24 @@ Included once, from the Deployment.
 {{- end }}
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.service.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.service.enabled: the ServiceMonitor scrapes that Service" }}
+{{- end }}
+{{- if and .Values.metrics.serviceMonitor.enabled .Values.metrics.podMonitor.enabled }}
+{{- fail "metrics.serviceMonitor.enabled and metrics.podMonitor.enabled are both true: Prometheus would scrape every pod twice. Enable one of them" }}
+{{- end }}
+{{- if and .Values.ingress.enabled (not .Values.ingress.hosts) }}
+{{- fail "ingress.enabled needs at least one entry in ingress.hosts, e.g. [{host: app.example.com, paths: [{path: /, pathType: Prefix}]}]" }}
+{{- end }}
+{{- if and .Values.httpRoute.enabled (not .Values.httpRoute.parentRefs) }}
+{{- fail "httpRoute.enabled needs at least one entry in httpRoute.parentRefs: the Gateway to attach to, e.g. [{name: public, namespace: gateway-system}]" }}
+{{- end }}
+{{- if and .Values.httpRoute.enabled (not .Values.httpRoute.rules) }}
+{{- fail "httpRoute.enabled needs at least one entry in httpRoute.rules, e.g. [{matches: [{path: {type: PathPrefix, value: /}}]}]" }}
+{{- end }}
+{{- $names := list "sidecar" }}
+{{- range concat .Values.initContainers .Values.extraContainers }}
+{{- if has .name $names }}
+{{- fail (printf "two containers are named %q (initContainers, extraContainers and the chart's own \"sidecar\" share one namespace): rename one" .name) }}
+{{- end }}
+{{- $names = append $names .name }}
 {{- end }}
 {{- end }}
