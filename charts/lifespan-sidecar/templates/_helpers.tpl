@@ -241,10 +241,10 @@ Included once, from the Deployment.
 {{- end }}
 {{- if eq $auth.preStopHook "httpGet" }}
 {{- if $auth.existingSecret }}
-{{- fail (printf "adminAuth.preStopHook=httpGet needs the admin token in the hook's Authorization header, but the token is in adminAuth.existingSecret %q, which the chart cannot read (the kubelet cannot take a header from a Secret). Use adminAuth.preStopHook=exec (the default: `sidecar prestop` over loopback, no token needed), or give the token inline in adminAuth.token and accept that anyone who can read the pod spec sees it" $auth.existingSecret) }}
+{{- fail (printf "adminAuth.preStopHook=httpGet needs the admin token in the hook's Authorization header, but the token is in adminAuth.existingSecret %q, which the chart cannot read (the kubelet cannot take a header from a Secret). Use adminAuth.preStopHook=exec (the default: `sidecar prestop` in the container, which reads the token from its environment), or give the token inline in adminAuth.token and accept that anyone who can read the pod spec sees it" $auth.existingSecret) }}
 {{- end }}
 {{- if not $auth.token }}
-{{- fail "adminAuth.preStopHook=httpGet needs the admin token in the hook's Authorization header, but adminAuth.token is empty and a generated token would change on every render without cluster access. Use adminAuth.preStopHook=exec (the default: `sidecar prestop` over loopback, no token needed), or set adminAuth.token and accept that anyone who can read the pod spec sees it" }}
+{{- fail "adminAuth.preStopHook=httpGet needs the admin token in the hook's Authorization header, but adminAuth.token is empty and a generated token would change on every render without cluster access. Use adminAuth.preStopHook=exec (the default: `sidecar prestop` in the container, which reads the token from its environment), or set adminAuth.token and accept that anyone who can read the pod spec sees it" }}
 {{- end }}
 {{- end }}
 {{- end }}
