@@ -18,17 +18,21 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import kubernetes_validate
 import pytest
 import yaml
 
 from sidecar.auth import AdminGuard
 from sidecar.config import SECTIONS, key_specs
 
-from .conftest import GATEWAY_API, KUBE_VERSIONS, OPTIONAL_APIS
+from .conftest import GATEWAY_API, KUBE_VERSIONS, OPTIONAL_APIS, Helm, Release
+
+Validate = Callable[[dict[str, Any]], None]
 
 CHART_DIR = Path(__file__).resolve().parents[2] / "charts" / "lifespan-sidecar"
 SERVICE_MONITOR_API = "monitoring.coreos.com/v1"
@@ -448,7 +452,7 @@ DEFAULT_METRICS_FROM = [
 ]
 
 
-def _admin_peers(release) -> list[dict[str, Any]] | None:
+def _admin_peers(release: Release) -> list[dict[str, Any]] | None:
     """The peers of the NetworkPolicy's admin-port rule; None when there is no such rule."""
     rules = {
         rule["ports"][0]["port"]: rule for rule in release.one("NetworkPolicy")["spec"]["ingress"]
@@ -458,7 +462,7 @@ def _admin_peers(release) -> list[dict[str, Any]] | None:
     return rules["admin"]["from"] if "admin" in rules else None
 
 
-def test_network_policy_limits_the_admin_port(chart_helm):
+def test_network_policy_limits_the_admin_port(chart_helm: Helm) -> None:
     release = chart_helm.render({"networkPolicy": {"enabled": True}})
     policy = release.one("NetworkPolicy")
     assert policy["spec"]["policyTypes"] == ["Ingress"]
@@ -482,7 +486,9 @@ def test_network_policy_limits_the_admin_port(chart_helm):
     assert _admin_peers(closed) is None  # no rule: the node only
 
 
-def test_network_policy_admits_prometheus_other_peers_and_node_cidrs(chart_helm, validate_k8s):
+def test_network_policy_admits_prometheus_other_peers_and_node_cidrs(
+    chart_helm: Helm, validate_k8s: Validate
+) -> None:
     scraper = [{"namespaceSelector": {"matchLabels": {"team": "observability"}}}]
     operator = [{"podSelector": {"matchLabels": {"app": "drain-operator"}}}]
     values = {
@@ -504,7 +510,7 @@ def test_network_policy_admits_prometheus_other_peers_and_node_cidrs(chart_helm,
     ]
 
 
-def test_notes_warn_when_the_network_policy_blocks_scraping(chart_helm):
+def test_notes_warn_when_the_network_policy_blocks_scraping(chart_helm: Helm) -> None:
     blocked_values = {
         "networkPolicy": {"enabled": True, "metricsFrom": [], "adminFrom": []},
         "tests": {"enabled": False},
@@ -1030,7 +1036,9 @@ def test_chart_readme_documents_every_value():
 # -- extension points ----------------------------------------------------------------------------
 
 
-def test_ingress_routes_every_host_and_path_to_the_app_service(chart_helm, validate_k8s):
+def test_ingress_routes_every_host_and_path_to_the_app_service(
+    chart_helm: Helm, validate_k8s: Validate
+) -> None:
     values = {
         "ingress": {
             "enabled": True,
@@ -1079,7 +1087,9 @@ def test_ingress_routes_every_host_and_path_to_the_app_service(chart_helm, valid
     assert "https://app.example.com/   (Ingress)" in release.notes
 
 
-def test_httproute_sends_every_rule_to_the_app_service(chart_helm, validate_k8s):
+def test_httproute_sends_every_rule_to_the_app_service(
+    chart_helm: Helm, validate_k8s: Validate
+) -> None:
     values = {
         "httpRoute": {
             "enabled": True,
@@ -1125,7 +1135,9 @@ def test_httproute_sends_every_rule_to_the_app_service(chart_helm, validate_k8s)
     ]
 
 
-def test_pod_monitor_scrapes_the_pods_admin_port_with_relabelings(chart_helm, validate_k8s):
+def test_pod_monitor_scrapes_the_pods_admin_port_with_relabelings(
+    chart_helm: Helm, validate_k8s: Validate
+) -> None:
     relabelings = [{"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}]
     metric_relabelings = [{"action": "drop", "regex": "go_.*", "sourceLabels": ["__name__"]}]
     values = {
@@ -1167,7 +1179,7 @@ def test_pod_monitor_scrapes_the_pods_admin_port_with_relabelings(chart_helm, va
     assert "ServiceMonitor" not in release.kinds()
 
 
-def test_service_monitor_carries_relabelings(chart_helm, validate_k8s):
+def test_service_monitor_carries_relabelings(chart_helm: Helm, validate_k8s: Validate) -> None:
     relabelings = [{"sourceLabels": ["__meta_kubernetes_pod_name"], "targetLabel": "pod"}]
     values = {"metrics": {"serviceMonitor": {"enabled": True, "relabelings": relabelings}}}
     monitor = chart_helm.render(values, api_versions=OPTIONAL_APIS).one("ServiceMonitor")
@@ -1176,7 +1188,9 @@ def test_service_monitor_carries_relabelings(chart_helm, validate_k8s):
     assert "metricRelabelings" not in monitor["spec"]["endpoints"][0]
 
 
-def test_init_and_extra_containers_are_added_with_templates_expanded(chart_helm, validate_k8s):
+def test_init_and_extra_containers_are_added_with_templates_expanded(
+    chart_helm: Helm, validate_k8s: Validate
+) -> None:
     migrate = {
         "name": "migrate",
         "image": '{{ include "lifespan-sidecar.image" . }}',
@@ -1205,7 +1219,9 @@ def test_init_and_extra_containers_are_added_with_templates_expanded(chart_helm,
     assert "initContainers" not in chart_helm.render().pod_spec
 
 
-def test_command_and_args_replace_the_images_entrypoint_and_cmd(chart_helm, validate_k8s):
+def test_command_and_args_replace_the_images_entrypoint_and_cmd(
+    chart_helm: Helm, validate_k8s: Validate
+) -> None:
     default = chart_helm.render().container
     assert "command" not in default
     assert default["args"] == ["run", "--config", "/etc/sidecar/sidecar.yaml"]
@@ -1217,7 +1233,7 @@ def test_command_and_args_replace_the_images_entrypoint_and_cmd(chart_helm, vali
     assert release.container["args"] == args
 
 
-def test_part_of_labels_every_object_when_set(chart_helm):
+def test_part_of_labels_every_object_when_set(chart_helm: Helm) -> None:
     default = chart_helm.render()
     for obj in default.objects:
         assert "app.kubernetes.io/part-of" not in obj["metadata"]["labels"], obj["kind"]
@@ -1230,7 +1246,7 @@ def test_part_of_labels_every_object_when_set(chart_helm):
     assert "app.kubernetes.io/part-of" not in release.deployment["spec"]["selector"]["matchLabels"]
 
 
-def test_notes_remind_that_app_from_must_admit_the_ingress_controller(chart_helm):
+def test_notes_remind_that_app_from_must_admit_the_ingress_controller(chart_helm: Helm) -> None:
     values = {
         "ingress": {
             "enabled": True,
@@ -1243,7 +1259,12 @@ def test_notes_remind_that_app_from_must_admit_the_ingress_controller(chart_helm
     assert "it must include your" not in chart_helm.render(values).notes
 
 
-def test_supported_kubernetes_versions_are_the_documented_ones():
+def test_kubernetes_validate_has_the_schemas_of_both_versions() -> None:
+    available = set(kubernetes_validate.utils.all_versions())
+    assert set(KUBE_VERSIONS) <= available, sorted(available)
+
+
+def test_supported_kubernetes_versions_are_the_documented_ones() -> None:
     readme = (CHART_DIR / "README.md").read_text(encoding="utf-8")
     oldest, newest = (".".join(v.split(".")[:2]) for v in KUBE_VERSIONS)
     assert f"Kubernetes {oldest} or newer" in readme

@@ -28,7 +28,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +83,9 @@ class Podman:
     def image_exists(self, name: str) -> bool:
         return self("image", "exists", name, check=False).returncode == 0
 
-    def build(self, context: Path, tag: str, *, dockerfile: str = "Dockerfile", **args: str):
+    def build(
+        self, context: Path, tag: str, *, dockerfile: str = "Dockerfile", **args: str
+    ) -> None:
         # The default OCI isolation fails with cgroups in hybrid mode; chroot works.
         flags = [f"--build-arg={key}={value}" for key, value in args.items()]
         self(
@@ -261,7 +263,6 @@ class Container:
     name: str
     app_port: int
     admin_port: int
-    started: bool = False
 
     def logs(self) -> str:
         result = self.podman("logs", self.name, check=False)
@@ -440,7 +441,9 @@ def _env_flags(env: dict[str, str]) -> list[str]:
     return [flag for key, value in env.items() for flag in ("--env", f"{key}={value}")]
 
 
-def test_image_serves_the_app_and_the_probes_as_the_chart_runs_it(image_case, runner):
+def test_image_serves_the_app_and_the_probes_as_the_chart_runs_it(
+    image_case: tuple[str, ImageCase, PodSpec], runner: Runner
+) -> None:
     image, case, spec = image_case
     container = runner.start(image, spec)
     container.wait_ready()
@@ -470,7 +473,9 @@ def test_image_serves_the_app_and_the_probes_as_the_chart_runs_it(image_case, ru
     container.exec("sh", "-c", "touch /tmp/x")
 
 
-def test_podman_stop_drains_runs_lifespan_shutdown_and_exits_0(image_case, runner):
+def test_podman_stop_drains_runs_lifespan_shutdown_and_exits_0(
+    image_case: tuple[str, ImageCase, PodSpec], runner: Runner
+) -> None:
     image, _, spec = image_case
     container = runner.start(image, spec)
     container.wait_ready()
@@ -506,7 +511,9 @@ def _events(logs: str) -> list[str]:
     return events
 
 
-def test_configuration_error_exits_2_with_the_message_in_the_log(image_case, runner):
+def test_configuration_error_exits_2_with_the_message_in_the_log(
+    image_case: tuple[str, ImageCase, PodSpec], runner: Runner
+) -> None:
     image, _, spec = image_case
     result = runner.run(image, spec, "--env", "SIDECAR_SHUTDOWN_DRAIN_DELAY=soon")
     output = result.stdout + result.stderr
@@ -515,7 +522,9 @@ def test_configuration_error_exits_2_with_the_message_in_the_log(image_case, run
     assert "'soon'" in output, output
 
 
-def test_startup_failure_exits_3_with_the_reason_in_the_log(image_case, runner):
+def test_startup_failure_exits_3_with_the_reason_in_the_log(
+    image_case: tuple[str, ImageCase, PodSpec], runner: Runner
+) -> None:
     image, case, spec = image_case
     result = runner.run(image, spec, *_env_flags(case.startup_failure_env))
     output = result.stdout + result.stderr
@@ -531,7 +540,9 @@ def demo_spec(chart_helm: Helm, tmp_path: Path) -> PodSpec:
     return _pod_spec(chart_helm, "sidecar.examples.demo:app", tmp_path / "etc-sidecar")
 
 
-def test_exec_prestop_hook_then_sigterm_as_the_kubelet_does(sidecar_image, demo_spec, runner):
+def test_exec_prestop_hook_then_sigterm_as_the_kubelet_does(
+    sidecar_image: str, demo_spec: PodSpec, runner: Runner
+) -> None:
     container = runner.start(sidecar_image, demo_spec)
     container.wait_ready()
     # The hook runs in the container, with its environment (the token from the Secret).
@@ -572,7 +583,7 @@ def _start_orphan(container: Container) -> str:
     return pid
 
 
-def _wait_status(container: Container, pid: str, done: Any) -> str | None:
+def _wait_status(container: Container, pid: str, done: Callable[[str | None], bool]) -> str | None:
     deadline = time.monotonic() + WAIT
     info = _status(container, pid)
     while not done(info) and time.monotonic() < deadline:
@@ -585,7 +596,9 @@ def _zombie(info: str | None) -> bool:
     return info is not None and bool(re.search(r"^State:\s*Z", info, flags=re.MULTILINE))
 
 
-def test_tini_reaps_an_orphan_the_app_leaves(sidecar_image, demo_spec, runner, tmp_path):
+def test_tini_reaps_an_orphan_the_app_leaves(
+    sidecar_image: str, demo_spec: PodSpec, runner: Runner, tmp_path: Path
+) -> None:
     app_dir = _orphan_setup(tmp_path)
     container = runner.start(
         sidecar_image,
@@ -600,7 +613,9 @@ def test_tini_reaps_an_orphan_the_app_leaves(sidecar_image, demo_spec, runner, t
     assert info is None, f"the orphan {pid} was not reaped:\n{info}"
 
 
-def test_without_tini_the_orphan_stays_a_zombie(sidecar_image, demo_spec, runner, tmp_path):
+def test_without_tini_the_orphan_stays_a_zombie(
+    sidecar_image: str, demo_spec: PodSpec, runner: Runner, tmp_path: Path
+) -> None:
     """The control: the same app with the sidecar as PID 1, which reaps only its own children."""
     app_dir = _orphan_setup(tmp_path)
     container = runner.start(
