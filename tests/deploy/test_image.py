@@ -86,10 +86,14 @@ class Podman:
     def build(
         self, context: Path, tag: str, *, dockerfile: str = "Dockerfile", **args: str
     ) -> None:
-        # The default OCI isolation fails with cgroups in hybrid mode; chroot works.
+        # The default OCI isolation fails with cgroups in hybrid mode; chroot works. No layer
+        # cache: podman 4.3 cannot bind-mount from a build stage that came from the cache
+        # (`RUN --mount=type=bind,from=build` finds nothing when only later steps rebuild),
+        # and no intermediate images are left behind.
         flags = [f"--build-arg={key}={value}" for key, value in args.items()]
         self(
             "build",
+            "--layers=false",
             "--isolation",
             "chroot",
             "--network",
