@@ -6,19 +6,9 @@
 #   docker run --rm -p 8000:8000 -p 8081:8081 lifespan-sidecar:0.1.0
 #   curl localhost:8000/ ; curl 'localhost:8081/readyz?verbose'
 #
-# Your own app on top of it: install the app into the image and point the sidecar at it.
-#
-#   FROM lifespan-sidecar:0.1.0
-#   USER root
-#   COPY requirements.txt /tmp/requirements.txt
-#   RUN pip install --no-cache-dir -r /tmp/requirements.txt
-#   # either install your package ...
-#   COPY dist/myapp-*.whl /tmp/
-#   RUN pip install --no-cache-dir /tmp/myapp-*.whl
-#   # ... or copy plain code into /app, the working directory (config app.app_dir is ".")
-#   COPY src/ /app/
-#   USER 10001:10001
-#   CMD ["run", "--config", "/etc/sidecar/sidecar.yaml", "myapp.main:app"]
+# Your own app on top of it: examples/fastapi-app/ holds two Dockerfiles built `FROM` this
+# image (one installs a requirements file and copies the code, one installs the app's wheel);
+# CI builds and runs both.
 #
 # In Kubernetes the Helm chart (charts/lifespan-sidecar) mounts its ConfigMap over
 # /etc/sidecar and passes `run --config /etc/sidecar/sidecar.yaml`; the app target then comes
@@ -48,6 +38,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+# tini as PID 1: it reaps the zombies left by processes the app starts and orphans (the
+# kernel hands orphans to PID 1, and the sidecar never waits for processes it did not
+# start), forwards SIGTERM and SIGINT to the sidecar, and exits with the sidecar's exit code.
+# Debian's package, so it comes with security updates; the version pin allows a rebuild of
+# the same upstream release.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tini=0.19.* \
+    && rm -rf /var/lib/apt/lists/*
 # Only the wheels from the build stage can be installed (--no-index), so the version is the
 # one just built and no pin is needed (hadolint DL3013). The bind mount keeps the wheels out of
 # the image's layers.
@@ -64,6 +62,7 @@ WORKDIR /app
 USER 10001:10001
 # App port (server.port) and admin port (admin.port: probes, /prestop, /metrics).
 EXPOSE 8000 8081
-# Exec form: `sidecar` is PID 1 and receives SIGTERM itself; no shell is involved at run time.
-ENTRYPOINT ["sidecar"]
+# Exec form, no shell at run time: tini is PID 1 and runs `sidecar` as its only child, passing
+# it the signals (`podman stop`, the kubelet's SIGTERM). A chart `command` replaces all of it.
+ENTRYPOINT ["/usr/bin/tini", "--", "sidecar"]
 CMD ["run", "--config", "/etc/sidecar/sidecar.yaml", "sidecar.examples.demo:app"]

@@ -14,7 +14,7 @@ import pytest
 from bench import apps, instructions, soak
 from bench.compare import SCENARIOS, Results, Sample, markdown, summarize
 
-from .conftest import ROOT, fetch
+from .conftest import ROOT, fetch, require_binaries
 
 
 def test_raw_bench_app_endpoints(run_sidecar: Any) -> None:
@@ -58,6 +58,7 @@ def test_report_names_every_measured_scenario() -> None:
 def test_soak_quick_run_exercises_and_counts_every_kind(tmp_path: Path) -> None:
     # Checks the harness, not the figures: a noisy machine may miss the RSS target in a
     # run this short (exit status 3), the full run is what the README reports.
+    require_binaries("wrk", "taskset")
     command = [sys.executable, "bench/soak.py", "--quick", "--requests", "3000"]
     result = subprocess.run(
         [*command, "--results", str(tmp_path)],

@@ -40,6 +40,9 @@ CI_VALUES_DIR = CHART_DIR / "ci"
 RELEASE = "lifespan-sidecar"
 NAMESPACE = "apps"
 SERVICE_MONITOR_API = "monitoring.coreos.com/v1"
+GATEWAY_API = "gateway.networking.k8s.io/v1"
+#: The optional APIs the chart renders objects for, as a cluster with both would serve them.
+OPTIONAL_APIS = (SERVICE_MONITOR_API, GATEWAY_API)
 
 
 def _oldest_supported_kubernetes() -> str:
@@ -49,9 +52,14 @@ def _oldest_supported_kubernetes() -> str:
     return f"{match.group(1)}.0"
 
 
+#: The newest Kubernetes the chart is validated against, as its README says: the newest that
+#: kubernetes-validate>=1.37 ships. A pin rather than latest_version(), so that a new release
+#: of kubernetes-validate cannot change what the tests claim; raise it with the README.
+NEWEST_VALIDATED_KUBERNETES = "1.37.0"
+
 #: Kubernetes versions every object is validated against: the oldest the chart supports
-#: (Chart.yaml kubeVersion) and the newest kubernetes-validate ships.
-KUBE_VERSIONS = (_oldest_supported_kubernetes(), kubernetes_validate.utils.latest_version())
+#: (Chart.yaml kubeVersion) and NEWEST_VALIDATED_KUBERNETES.
+KUBE_VERSIONS = (_oldest_supported_kubernetes(), NEWEST_VALIDATED_KUBERNETES)
 
 
 @dataclass
@@ -102,8 +110,9 @@ class Release:
 
     @property
     def container(self) -> dict[str, Any]:
-        containers = self.pod_spec["containers"]
-        assert len(containers) == 1, containers
+        """The sidecar's container (extraContainers may add others)."""
+        containers = [c for c in self.pod_spec["containers"] if c["name"] == "sidecar"]
+        assert len(containers) == 1, self.pod_spec["containers"]
         container: dict[str, Any] = containers[0]
         return container
 
@@ -174,7 +183,7 @@ def _load_values(path: Path) -> dict[str, Any]:
 RENDER_ONLY_CASES: dict[str, dict[str, Any]] = {
     "admin-existing-secret": {
         "adminAuth": {"existingSecret": "my-app-admin", "existingSecretKey": "bearer"},
-        "config": {"admin": {"allow_from": "10.0.0.0/8"}},
+        "config": {"admin": {"allow_from": "10.0.0.0/8, 127.0.0.1"}},
     },
 }
 
@@ -196,8 +205,9 @@ def values_case(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
 
 @pytest.fixture(scope="session")
 def case_release(chart_helm: Helm, values_case: tuple[str, dict[str, Any]]) -> Release:
-    """The release for one case, rendered for a cluster that has prometheus-operator."""
-    return chart_helm.render(values_case[1], api_versions=(SERVICE_MONITOR_API,))
+    """The release for one case, rendered for a cluster with prometheus-operator and the
+    Gateway API."""
+    return chart_helm.render(values_case[1], api_versions=OPTIONAL_APIS)
 
 
 # -- a cluster for `lookup` -------------------------------------------------------------------
@@ -299,6 +309,30 @@ _DURATION = {
     "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?"
     r"(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$",
 }
+_RELABEL_ACTIONS = (
+    "Replace", "Keep", "Drop", "HashMod", "LabelMap", "LabelDrop", "LabelKeep", "Lowercase",
+    "Uppercase", "KeepEqual", "DropEqual",
+)  # fmt: skip
+_RELABELINGS = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "sourceLabels": {
+                "type": "array",
+                "items": {"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"},
+            },
+            "separator": {"type": "string"},
+            "targetLabel": {"type": "string"},
+            "regex": {"type": "string"},
+            "modulus": {"type": "integer", "minimum": 1},
+            "replacement": {"type": "string"},
+            # prometheus-operator accepts each action in lower and in CamelCase.
+            "action": {"enum": [*_RELABEL_ACTIONS, *(a.lower() for a in _RELABEL_ACTIONS)]},
+        },
+    },
+}
 SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -348,6 +382,8 @@ SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
                             "path": {"type": "string", "pattern": "^/"},
                             "interval": _DURATION,
                             "scrapeTimeout": _DURATION,
+                            "relabelings": _RELABELINGS,
+                            "metricRelabelings": _RELABELINGS,
                         },
                     },
                 },
@@ -420,15 +456,204 @@ PROMETHEUS_RULE_SCHEMA: dict[str, Any] = {
 }
 
 
+# prometheus-operator's PodMonitor: the ServiceMonitor's shape with pods instead of Services.
+_POD_ENDPOINTS = SERVICE_MONITOR_SCHEMA["properties"]["spec"]["properties"]["endpoints"]
+POD_MONITOR_SCHEMA: dict[str, Any] = {
+    **SERVICE_MONITOR_SCHEMA,
+    "properties": {
+        **SERVICE_MONITOR_SCHEMA["properties"],
+        "kind": {"const": "PodMonitor"},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector", "podMetricsEndpoints"],
+            "properties": {
+                "selector": SERVICE_MONITOR_SCHEMA["properties"]["spec"]["properties"]["selector"],
+                "namespaceSelector": SERVICE_MONITOR_SCHEMA["properties"]["spec"]["properties"][
+                    "namespaceSelector"
+                ],
+                "podMetricsEndpoints": _POD_ENDPOINTS,
+            },
+        },
+    },
+}
+
+# The Gateway API's HTTPRoute (v1), a CRD too: the subset of its schema the chart renders,
+# with the API's own bounds and formats where the chart passes user values through.
+_GATEWAY_NAME = {"type": "string", "minLength": 1, "maxLength": 253}
+_HOSTNAME = {
+    "type": "string",
+    "pattern": r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    "maxLength": 253,
+}
+_HEADER_MATCH = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "value"],
+    "properties": {
+        "type": {"enum": ["Exact", "RegularExpression"]},
+        "name": {"type": "string", "minLength": 1},
+        "value": {"type": "string"},
+    },
+}
+_HEADER_FILTER = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "set": {"type": "array", "items": _HEADER_MATCH},
+        "add": {"type": "array", "items": _HEADER_MATCH},
+        "remove": {"type": "array", "items": {"type": "string"}},
+    },
+}
+HTTP_ROUTE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "gateway.networking.k8s.io/v1"},
+        "kind": {"const": "HTTPRoute"},
+        "metadata": SERVICE_MONITOR_SCHEMA["properties"]["metadata"],
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "parentRefs": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 32,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name"],
+                        "properties": {
+                            "group": {"type": "string"},
+                            "kind": {"type": "string"},
+                            "namespace": _GATEWAY_NAME,
+                            "name": _GATEWAY_NAME,
+                            "sectionName": _GATEWAY_NAME,
+                            "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                        },
+                    },
+                },
+                "hostnames": {"type": "array", "maxItems": 16, "items": _HOSTNAME},
+                "rules": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 16,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string"},
+                            "matches": {
+                                "type": "array",
+                                "maxItems": 64,
+                                "items": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "path": {
+                                            "type": "object",
+                                            "additionalProperties": False,
+                                            "properties": {
+                                                "type": {
+                                                    "enum": [
+                                                        "Exact",
+                                                        "PathPrefix",
+                                                        "RegularExpression",
+                                                    ]
+                                                },
+                                                "value": {"type": "string", "pattern": "^/"},
+                                            },
+                                        },
+                                        "headers": {"type": "array", "items": _HEADER_MATCH},
+                                        "queryParams": {"type": "array", "items": _HEADER_MATCH},
+                                        "method": {
+                                            "enum": [
+                                                "GET",
+                                                "HEAD",
+                                                "POST",
+                                                "PUT",
+                                                "DELETE",
+                                                "CONNECT",
+                                                "OPTIONS",
+                                                "TRACE",
+                                                "PATCH",
+                                            ]
+                                        },
+                                    },
+                                },
+                            },
+                            "filters": {
+                                "type": "array",
+                                "maxItems": 16,
+                                "items": {
+                                    "type": "object",
+                                    "required": ["type"],
+                                    "properties": {
+                                        "type": {
+                                            "enum": [
+                                                "RequestHeaderModifier",
+                                                "ResponseHeaderModifier",
+                                                "RequestMirror",
+                                                "RequestRedirect",
+                                                "URLRewrite",
+                                                "ExtensionRef",
+                                            ]
+                                        },
+                                        "requestHeaderModifier": _HEADER_FILTER,
+                                        "responseHeaderModifier": _HEADER_FILTER,
+                                    },
+                                },
+                            },
+                            "timeouts": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {"request": _DURATION, "backendRequest": _DURATION},
+                            },
+                            "backendRefs": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": ["name", "port"],
+                                    "properties": {
+                                        "name": _GATEWAY_NAME,
+                                        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                                        "weight": {"type": "integer", "minimum": 0},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+#: Schemas for the CRDs the chart renders, which kubernetes-validate does not know.
+CRD_SCHEMAS = {
+    "PrometheusRule": PROMETHEUS_RULE_SCHEMA,
+    "ServiceMonitor": SERVICE_MONITOR_SCHEMA,
+    "PodMonitor": POD_MONITOR_SCHEMA,
+    "HTTPRoute": HTTP_ROUTE_SCHEMA,
+}
+
+
 def validate_object(obj: dict[str, Any]) -> None:
     """Validate one object strictly (unknown fields are errors) for every KUBE_VERSIONS."""
     obj = {key: value for key, value in obj.items() if not key.startswith("_")}
     if obj.get("kind") == "PrometheusRule":
         jsonschema.validate(obj, PROMETHEUS_RULE_SCHEMA)
         return
-    if obj.get("kind") == "ServiceMonitor":
-        jsonschema.validate(obj, SERVICE_MONITOR_SCHEMA)
-        for endpoint in obj["spec"]["endpoints"]:
+    if obj.get("kind") == "HTTPRoute":
+        jsonschema.validate(obj, HTTP_ROUTE_SCHEMA)
+        return
+    if obj.get("kind") in ("ServiceMonitor", "PodMonitor"):
+        jsonschema.validate(obj, CRD_SCHEMAS[obj["kind"]])
+        key = "endpoints" if obj["kind"] == "ServiceMonitor" else "podMetricsEndpoints"
+        for endpoint in obj["spec"][key]:
             if "interval" in endpoint and "scrapeTimeout" in endpoint:
                 assert _seconds(endpoint["scrapeTimeout"]) <= _seconds(endpoint["interval"]), (
                     f"scrapeTimeout {endpoint['scrapeTimeout']} exceeds interval "

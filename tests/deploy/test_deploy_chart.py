@@ -18,15 +18,21 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import kubernetes_validate
 import pytest
 import yaml
 
 from sidecar.auth import AdminGuard
 from sidecar.config import SECTIONS, key_specs
+
+from .conftest import GATEWAY_API, KUBE_VERSIONS, OPTIONAL_APIS, Helm, Release
+
+Validate = Callable[[dict[str, Any]], None]
 
 CHART_DIR = Path(__file__).resolve().parents[2] / "charts" / "lifespan-sidecar"
 SERVICE_MONITOR_API = "monitoring.coreos.com/v1"
@@ -84,7 +90,7 @@ def _startup_budget_needed(effective: dict[str, Any], margin: float) -> float:
 # -- lint ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kube_version", ["v1.27.0", "v1.33.0"])
+@pytest.mark.parametrize("kube_version", [f"v{version}" for version in KUBE_VERSIONS])
 def test_lint_strict_passes_for_every_case(chart_helm, values_case, kube_version):
     name, values = values_case
     report = chart_helm.lint(values, kube_version=kube_version)
@@ -230,11 +236,17 @@ def test_the_sidecar_accepts_the_prestop_hook_and_refuses_strangers(case_release
     auth = _admin_auth(case_release.values)
     secret = _admin_secret(case_release)
     token = _secret_token(secret) if secret else ("from-an-existing-secret" * auth["enabled"])
-    allow_from = case_check.effective["admin"]["allow_from"]
-    guard = AdminGuard(token, allow_from)
+    admin = case_check.effective["admin"]
+    guard = AdminGuard(token, admin["allow_from"], trust_loopback=admin["trust_loopback"])
     pre_stop = case_release.container["lifecycle"]["preStop"]
     if "exec" in pre_stop:
-        assert guard.check("127.0.0.1", None) is None  # `sidecar prestop` runs in the pod
+        # `sidecar prestop` runs in the container, with its environment: it sends the
+        # token the container gets from the Secret, and loopback alone is not enough.
+        env = {item["name"]: item for item in case_release.container.get("env", [])}
+        if auth["enabled"]:
+            assert "SIDECAR_ADMIN_TOKEN" in env
+            assert guard.check("127.0.0.1", None) is not None
+        assert guard.check("127.0.0.1", f"Bearer {token}" if token else None) is None
     else:
         headers = {h["name"]: h["value"] for h in pre_stop["httpGet"].get("httpHeaders", [])}
         assert guard.check(NODE_ADDRESS, headers.get("Authorization")) is None
@@ -253,13 +265,15 @@ def test_checksum_annotation_follows_the_config(case_release, config_checksum):
 def test_pod_meets_the_restricted_pod_security_profile(case_release):
     pod, container = case_release.pod_spec, case_release.container
     pod_security = pod["securityContext"]
-    security = container["securityContext"]
     assert pod_security["runAsNonRoot"] is True
     assert pod_security["runAsUser"] != 0
     assert pod_security["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert security["allowPrivilegeEscalation"] is False
-    assert security["readOnlyRootFilesystem"] is True
-    assert security["capabilities"] == {"drop": ["ALL"]}
+    # The sidecar and every container the values add (the examples in ci/ set theirs).
+    for each in [*pod.get("initContainers", []), *pod["containers"]]:
+        security = each["securityContext"]
+        assert security["allowPrivilegeEscalation"] is False, each["name"]
+        assert security["readOnlyRootFilesystem"] is True, each["name"]
+        assert security["capabilities"] == {"drop": ["ALL"]}, each["name"]
     tmp = next(mount for mount in container["volumeMounts"] if mount["mountPath"] == "/tmp")
     volume = next(volume for volume in pod["volumes"] if volume["name"] == tmp["name"])
     assert "emptyDir" in volume
@@ -281,10 +295,13 @@ def test_labels_and_selectors(case_release):
     assert selector["app.kubernetes.io/instance"] == "lifespan-sidecar"
     template_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert selector.items() <= template_labels.items()
+    part_of = case_release.values.get("partOf", "")
     for obj in case_release.objects:
         labels = obj["metadata"]["labels"]
         missing = STANDARD_LABELS - set(labels)
         assert not missing, f"{obj['kind']}/{obj['metadata']['name']} lacks {missing}"
+        assert labels.get("app.kubernetes.io/part-of", "") == part_of, obj["kind"]
+    assert template_labels.get("app.kubernetes.io/part-of", "") == part_of
     for service in case_release.all("Service"):
         assert service["spec"]["selector"] == selector
     for pdb in case_release.all("PodDisruptionBudget"):
@@ -320,6 +337,10 @@ def test_optional_objects_follow_their_conditions(case_release):
     assert ("ServiceAccount" in kinds) == create_sa
     monitor = values.get("metrics", {}).get("serviceMonitor", {}).get("enabled", False)
     assert ("ServiceMonitor" in kinds) == monitor
+    pod_monitor = values.get("metrics", {}).get("podMonitor", {}).get("enabled", False)
+    assert ("PodMonitor" in kinds) == pod_monitor
+    assert ("Ingress" in kinds) == values.get("ingress", {}).get("enabled", False)
+    assert ("HTTPRoute" in kinds) == values.get("httpRoute", {}).get("enabled", False)
     metrics_service = values.get("metrics", {}).get("service", {}).get("enabled", True)
     tests = values.get("tests", {}).get("enabled", True)
     assert ("Pod" in kinds) == (tests and metrics_service)
@@ -428,23 +449,102 @@ def test_config_change_changes_the_pod_template(chart_helm):
     assert annotations[0] != annotations[1]
 
 
-def test_network_policy_limits_the_admin_port(chart_helm):
+#: networkPolicy.metricsFrom as values.yaml sets it: kube-prometheus-stack's Prometheus.
+DEFAULT_METRICS_FROM = [
+    {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }
+]
+
+
+def _admin_peers(release: Release) -> list[dict[str, Any]] | None:
+    """The peers of the NetworkPolicy's admin-port rule; None when there is no such rule."""
+    rules = {
+        rule["ports"][0]["port"]: rule for rule in release.one("NetworkPolicy")["spec"]["ingress"]
+    }
+    assert set(rules) <= {"http", "admin"}
+    assert rules["http"]["ports"] == [{"port": "http", "protocol": "TCP"}]
+    return rules["admin"]["from"] if "admin" in rules else None
+
+
+def test_network_policy_limits_the_admin_port(chart_helm: Helm) -> None:
     release = chart_helm.render({"networkPolicy": {"enabled": True}})
     policy = release.one("NetworkPolicy")
     assert policy["spec"]["policyTypes"] == ["Ingress"]
-    rules = {rule["ports"][0]["port"]: rule for rule in policy["spec"]["ingress"]}
-    assert set(rules) == {"http", "admin"}
-    assert "from" not in rules["http"]  # the app port stays open unless appFrom is set
-    # Only the release's helm test pod (and the node, always) may reach the admin port.
-    peers = rules["admin"]["from"]
-    test_pod = release.one("Pod")
-    assert [peer["podSelector"]["matchLabels"] for peer in peers] == [
-        {key: test_pod["metadata"]["labels"][key] for key in peers[0]["podSelector"]["matchLabels"]}
+    assert "from" not in policy["spec"]["ingress"][0]  # the app port: open unless appFrom
+    # The documented Prometheus and the release's helm test pod (and the node, always) may
+    # reach the admin port; nobody else.
+    test_selector = {
+        "app.kubernetes.io/name": "lifespan-sidecar-test",
+        "app.kubernetes.io/instance": "lifespan-sidecar",
+        "app.kubernetes.io/component": "helm-test",
+    }
+    assert test_selector.items() <= release.one("Pod")["metadata"]["labels"].items()
+    assert _admin_peers(release) == [
+        *DEFAULT_METRICS_FROM,
+        {"podSelector": {"matchLabels": test_selector}},
     ]
 
-    closed = chart_helm.render({"networkPolicy": {"enabled": True}, "tests": {"enabled": False}})
-    ports = [rule["ports"][0]["port"] for rule in closed.one("NetworkPolicy")["spec"]["ingress"]]
-    assert ports == ["http"]
+    closed = chart_helm.render(
+        {"networkPolicy": {"enabled": True, "metricsFrom": []}, "tests": {"enabled": False}}
+    )
+    assert _admin_peers(closed) is None  # no rule: the node only
+
+
+def test_network_policy_admits_prometheus_other_peers_and_node_cidrs(
+    chart_helm: Helm, validate_k8s: Validate
+) -> None:
+    scraper = [{"namespaceSelector": {"matchLabels": {"team": "observability"}}}]
+    operator = [{"podSelector": {"matchLabels": {"app": "drain-operator"}}}]
+    values = {
+        "networkPolicy": {
+            "enabled": True,
+            "metricsFrom": scraper,
+            "adminFrom": operator,
+            "nodeCIDRs": ["10.0.0.0/16", "fd00::/64"],
+        },
+        "tests": {"enabled": False},
+    }
+    release = chart_helm.render(values)
+    validate_k8s(release.one("NetworkPolicy"))
+    assert _admin_peers(release) == [
+        *scraper,
+        *operator,
+        {"ipBlock": {"cidr": "10.0.0.0/16"}},
+        {"ipBlock": {"cidr": "fd00::/64"}},
+    ]
+
+
+def test_notes_warn_when_the_network_policy_blocks_scraping(chart_helm: Helm) -> None:
+    blocked_values = {
+        "networkPolicy": {"enabled": True, "metricsFrom": [], "adminFrom": []},
+        "tests": {"enabled": False},
+    }
+    for monitor, kind in (("serviceMonitor", "ServiceMonitor"), ("podMonitor", "PodMonitor")):
+        values = {**blocked_values, "metrics": {monitor: {"enabled": True}}}
+        release = chart_helm.render(values, api_versions=OPTIONAL_APIS)
+        assert _admin_peers(release) is None  # what the warning is about
+        assert "WARNING: networkPolicy.enabled is true and both networkPolicy.metricsFrom" in (
+            release.notes
+        )
+        assert f"the {kind} finds its targets, but every scrape fails" in release.notes
+    # Prometheus admitted through either list: no warning, and the default says whom it admits.
+    admitted = {
+        "networkPolicy": {"enabled": True},
+        "metrics": {"serviceMonitor": {"enabled": True}},
+    }
+    notes = chart_helm.render(admitted, api_versions=OPTIONAL_APIS).notes
+    assert "WARNING: networkPolicy" not in notes
+    assert "admits Prometheus to the admin port only from networkPolicy.metricsFrom" in notes
+    assert "kubernetes.io/metadata.name: monitoring" in notes
+    via_admin = {
+        "networkPolicy": {"enabled": True, "metricsFrom": [], "adminFrom": DEFAULT_METRICS_FROM},
+        "metrics": {"serviceMonitor": {"enabled": True}},
+    }
+    assert "WARNING: networkPolicy" not in chart_helm.render(via_admin).notes
+    # Nothing scrapes: nothing to warn about.
+    assert "WARNING: networkPolicy" not in chart_helm.render(blocked_values).notes
 
 
 def test_helm_test_pod_checks_readyz_through_the_metrics_service(chart_helm):
@@ -561,7 +661,10 @@ def test_notes_tell_where_the_token_is_or_warn_without_one(chart_helm):
     off = chart_helm.render({"adminAuth": {"enabled": False}}).notes
     assert "get secret" not in off
     assert "WARNING: adminAuth.enabled is false and config.admin.allow_from is empty" in off
-    allowed = {"adminAuth": {"enabled": False}, "config": {"admin": {"allow_from": "10.0.0.0/8"}}}
+    allowed = {
+        "adminAuth": {"enabled": False},
+        "config": {"admin": {"allow_from": "10.0.0.0/8, 127.0.0.1"}},
+    }
     assert "WARNING: adminAuth" not in chart_helm.render(allowed).notes
 
 
@@ -700,6 +803,42 @@ INVALID_RENDERS = {
         "adminAuth.preStopHook=httpGet needs the admin token in the hook's Authorization "
         "header, but adminAuth.token is empty",
     ),
+    "short inline token": (
+        {"adminAuth": {"token": "secret"}},
+        "adminAuth.token is 6 characters long: the sidecar refuses a token shorter than 16. "
+        "Generate one with `openssl rand -hex 32`",
+    ),
+    "the manifests' placeholder as the token": (
+        {"adminAuth": {"token": "REPLACE-ME-with-a-random-token"}},
+        "adminAuth.token is the placeholder of manifests/secret.yaml, which is public",
+    ),
+    "ingress without hosts": (
+        {"ingress": {"enabled": True}},
+        "ingress.enabled needs at least one entry in ingress.hosts",
+    ),
+    "httproute without a gateway": (
+        {"httpRoute": {"enabled": True}},
+        "httpRoute.enabled needs at least one entry in httpRoute.parentRefs",
+    ),
+    "httproute without rules": (
+        {"httpRoute": {"enabled": True, "parentRefs": [{"name": "gw"}], "rules": []}},
+        "httpRoute.enabled needs at least one entry in httpRoute.rules",
+    ),
+    "servicemonitor and podmonitor": (
+        {"metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}}},
+        "Prometheus would scrape every pod twice",
+    ),
+    "an extra container named like the sidecar": (
+        {"extraContainers": [{"name": "sidecar", "image": "busybox"}]},
+        'two containers are named "sidecar"',
+    ),
+    "an init container and an extra container of one name": (
+        {
+            "initContainers": [{"name": "proxy", "image": "a", "restartPolicy": "Always"}],
+            "extraContainers": [{"name": "proxy", "image": "b"}],
+        },
+        'two containers are named "proxy"',
+    ),
     "inline token and existing secret": (
         {"adminAuth": {"token": "an-inline-token-0123456789", "existingSecret": "x"}},
         "adminAuth.token and adminAuth.existingSecret are both set",
@@ -707,6 +846,12 @@ INVALID_RENDERS = {
     "token in the config map": (
         {"config": {"admin": {"token": "a-token-in-a-configmap"}}},
         "config.admin.token is set: the ConfigMap would hold the token in plain text",
+    ),
+    "an allow-list that refuses the exec hook": (
+        {"config": {"admin": {"allow_from": "10.0.0.0/8"}}},
+        'config.admin.allow_from is "10.0.0.0/8" but the preStop hook is exec: `sidecar '
+        "prestop` runs in the container and calls /prestop over loopback, which that list "
+        'refuses. Add 127.0.0.1, e.g. "10.0.0.0/8, 127.0.0.1"',
     ),
     "token file next to adminAuth": (
         {"config": {"admin": {"token_file": "/etc/admin/token"}}},
@@ -761,12 +906,41 @@ INVALID_SCHEMA = {
         "additional properties 'existingSecretkey' not allowed",
     ),
     "unknown preStop hook": ({"adminAuth": {"preStopHook": "http"}}, "/adminAuth/preStopHook"),
-    "short inline token": ({"adminAuth": {"token": "secret"}}, "/adminAuth/token"),
     "inline token that breaks the header": (
         {"adminAuth": {"token": "a token with spaces\nand a newline"}},
         "/adminAuth/token",
     ),
     "adminAuth.enabled as a string": ({"adminAuth": {"enabled": "false"}}, "/adminAuth/enabled"),
+    "typo in ingress": (
+        {"ingress": {"enable": True}},
+        "additional properties 'enable' not allowed",
+    ),
+    "ingress path without a slash": (
+        {"ingress": {"hosts": [{"host": "a.example.com", "paths": [{"path": "api"}]}]}},
+        "/ingress/hosts/0/paths/0/path",
+    ),
+    "unknown ingress path type": (
+        {"ingress": {"hosts": [{"paths": [{"path": "/", "pathType": "prefix"}]}]}},
+        "/ingress/hosts/0/paths/0/pathType",
+    ),
+    "backendRefs in an httproute rule": (
+        {"httpRoute": {"rules": [{"backendRefs": [{"name": "other"}]}]}},
+        "additional properties 'backendRefs' not allowed",
+    ),
+    "unknown relabel action": (
+        {"metrics": {"podMonitor": {"relabelings": [{"action": "rename"}]}}},
+        "/metrics/podMonitor/relabelings/0/action",
+    ),
+    "typo in a relabeling": (
+        {"metrics": {"serviceMonitor": {"metricRelabelings": [{"source_labels": ["a"]}]}}},
+        "additional properties 'source_labels' not allowed",
+    ),
+    "part-of that is no label value": ({"partOf": "my app"}, "/partOf"),
+    "command as a string": ({"command": "sidecar run"}, "/command"),
+    "node cidr that is no cidr": (
+        {"networkPolicy": {"nodeCIDRs": ["10.0.0.0"]}},
+        "/networkPolicy/nodeCIDRs/0",
+    ),
     "existing secret that is no name": (
         {"adminAuth": {"existingSecret": "My_Secret"}},
         "/adminAuth/existingSecret",
@@ -872,3 +1046,241 @@ def test_chart_readme_documents_every_value():
     documented = set(re.findall(r"^\| `([^`]+)` \|", readme, flags=re.MULTILINE))
     missing = [path for path in _leaf_paths(values) if path not in documented]
     assert not missing, f"charts/lifespan-sidecar/README.md does not document: {missing}"
+
+
+# -- extension points ----------------------------------------------------------------------------
+
+
+def test_ingress_routes_every_host_and_path_to_the_app_service(
+    chart_helm: Helm, validate_k8s: Validate
+) -> None:
+    values = {
+        "ingress": {
+            "enabled": True,
+            "className": "nginx",
+            "annotations": {"nginx.ingress.kubernetes.io/proxy-read-timeout": "60"},
+            "hosts": [
+                {
+                    "host": "app.example.com",
+                    "paths": [{"path": "/"}, {"path": "/x", "pathType": "Exact"}],
+                },
+                {"paths": [{"path": "/any-host", "pathType": "ImplementationSpecific"}]},
+            ],
+            "tls": [{"secretName": "app-tls", "hosts": ["app.example.com"]}],
+        },
+        "service": {"port": 8080},
+    }
+    release = chart_helm.render(values)
+    ingress = release.one("Ingress")
+    validate_k8s(ingress)
+    spec = ingress["spec"]
+    assert spec["ingressClassName"] == "nginx"
+    assert ingress["metadata"]["annotations"] == values["ingress"]["annotations"]
+    assert spec["tls"] == values["ingress"]["tls"]
+    backend = {"service": {"name": "lifespan-sidecar", "port": {"number": 8080}}}
+    assert spec["rules"] == [
+        {
+            "host": "app.example.com",
+            "http": {
+                "paths": [
+                    {"path": "/", "pathType": "Prefix", "backend": backend},
+                    {"path": "/x", "pathType": "Exact", "backend": backend},
+                ]
+            },
+        },
+        {
+            "http": {
+                "paths": [
+                    {"path": "/any-host", "pathType": "ImplementationSpecific", "backend": backend}
+                ]
+            }
+        },
+    ]
+    app_service = release.one("Service", "lifespan-sidecar")
+    assert app_service["spec"]["ports"][0]["port"] == 8080
+    assert "Ingress" not in chart_helm.render().kinds()
+    assert "https://app.example.com/   (Ingress)" in release.notes
+
+
+def test_httproute_sends_every_rule_to_the_app_service(
+    chart_helm: Helm, validate_k8s: Validate
+) -> None:
+    values = {
+        "httpRoute": {
+            "enabled": True,
+            "parentRefs": [
+                {"name": "public", "namespace": "gateway-system", "sectionName": "https"}
+            ],
+            "hostnames": ["app.example.com"],
+            "rules": [
+                {
+                    "matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+                    "timeouts": {"request": "30s"},
+                },
+                {},
+            ],
+        }
+    }
+    without_api = chart_helm.render(values)
+    assert "HTTPRoute" not in without_api.kinds()
+    assert "does not serve the\ngateway.networking.k8s.io/v1 API" in without_api.notes
+    release = chart_helm.render(values, api_versions=(GATEWAY_API,))
+    route = release.one("HTTPRoute")
+    validate_k8s(route)
+    spec = route["spec"]
+    assert spec["parentRefs"] == values["httpRoute"]["parentRefs"]
+    assert spec["hostnames"] == ["app.example.com"]
+    backend = [{"name": "lifespan-sidecar", "port": 80}]
+    assert spec["rules"] == [
+        {
+            "matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+            "timeouts": {"request": "30s"},
+            "backendRefs": backend,
+        },
+        {"backendRefs": backend},
+    ]
+    assert "does not serve" not in release.notes
+    # The default rule takes every path.
+    default_rules = chart_helm.render(
+        {"httpRoute": {"enabled": True, "parentRefs": [{"name": "public"}]}},
+        api_versions=(GATEWAY_API,),
+    ).one("HTTPRoute")["spec"]["rules"]
+    assert default_rules == [
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": backend}
+    ]
+
+
+def test_pod_monitor_scrapes_the_pods_admin_port_with_relabelings(
+    chart_helm: Helm, validate_k8s: Validate
+) -> None:
+    relabelings = [{"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}]
+    metric_relabelings = [{"action": "drop", "regex": "go_.*", "sourceLabels": ["__name__"]}]
+    values = {
+        "metrics": {
+            "service": {"enabled": False},
+            "podMonitor": {
+                "enabled": True,
+                "interval": "15s",
+                "labels": {"release": "kps"},
+                "relabelings": relabelings,
+                "metricRelabelings": metric_relabelings,
+            },
+        }
+    }
+    without_api = chart_helm.render(values)
+    assert "PodMonitor" not in without_api.kinds()
+    assert "no PodMonitor was\ncreated" in without_api.notes
+    release = chart_helm.render(values, api_versions=OPTIONAL_APIS)
+    monitor = release.one("PodMonitor")
+    validate_k8s(monitor)
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    assert (
+        monitor["spec"]["selector"]["matchLabels"]
+        == (release.deployment["spec"]["selector"]["matchLabels"])
+    )
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["apps"]}
+    assert monitor["spec"]["podMetricsEndpoints"] == [
+        {
+            "port": "admin",
+            "path": "/metrics",
+            "interval": "15s",
+            "scrapeTimeout": "10s",
+            "relabelings": relabelings,
+            "metricRelabelings": metric_relabelings,
+        }
+    ]
+    # The port it names is the sidecar's admin port, where /metrics is served.
+    assert "admin" in [port["name"] for port in release.container["ports"]]
+    assert "ServiceMonitor" not in release.kinds()
+
+
+def test_service_monitor_carries_relabelings(chart_helm: Helm, validate_k8s: Validate) -> None:
+    relabelings = [{"sourceLabels": ["__meta_kubernetes_pod_name"], "targetLabel": "pod"}]
+    values = {"metrics": {"serviceMonitor": {"enabled": True, "relabelings": relabelings}}}
+    monitor = chart_helm.render(values, api_versions=OPTIONAL_APIS).one("ServiceMonitor")
+    validate_k8s(monitor)
+    assert monitor["spec"]["endpoints"][0]["relabelings"] == relabelings
+    assert "metricRelabelings" not in monitor["spec"]["endpoints"][0]
+
+
+def test_init_and_extra_containers_are_added_with_templates_expanded(
+    chart_helm: Helm, validate_k8s: Validate
+) -> None:
+    migrate = {
+        "name": "migrate",
+        "image": '{{ include "lifespan-sidecar.image" . }}',
+        "command": ["python", "-m", "myapp.migrate", "--release", "{{ .Release.Name }}"],
+    }
+    proxy = {"name": "proxy", "image": "cloud-sql-proxy:2", "restartPolicy": "Always"}
+    shipper = {"name": "log-shipper", "image": "fluent-bit:3"}
+    values = {
+        "image": {"repository": "registry.example.com/my-app", "tag": "1.2.3"},
+        "initContainers": [migrate, proxy],
+        "extraContainers": [shipper],
+    }
+    release = chart_helm.render(values)
+    validate_k8s(release.deployment)
+    pod = release.pod_spec
+    assert pod["initContainers"] == [
+        {
+            "name": "migrate",
+            "image": "registry.example.com/my-app:1.2.3",
+            "command": ["python", "-m", "myapp.migrate", "--release", "lifespan-sidecar"],
+        },
+        proxy,
+    ]
+    assert [c["name"] for c in pod["containers"]] == ["sidecar", "log-shipper"]
+    assert pod["containers"][1] == shipper
+    assert "initContainers" not in chart_helm.render().pod_spec
+
+
+def test_command_and_args_replace_the_images_entrypoint_and_cmd(
+    chart_helm: Helm, validate_k8s: Validate
+) -> None:
+    default = chart_helm.render().container
+    assert "command" not in default
+    assert default["args"] == ["run", "--config", "/etc/sidecar/sidecar.yaml"]
+    command = ["/usr/bin/tini", "-g", "--", "sidecar"]
+    args = ["run", "--config", "/etc/sidecar/sidecar.yaml", "--log-level", "debug"]
+    release = chart_helm.render({"command": command, "args": args})
+    validate_k8s(release.deployment)
+    assert release.container["command"] == command
+    assert release.container["args"] == args
+
+
+def test_part_of_labels_every_object_when_set(chart_helm: Helm) -> None:
+    default = chart_helm.render()
+    for obj in default.objects:
+        assert "app.kubernetes.io/part-of" not in obj["metadata"]["labels"], obj["kind"]
+    release = chart_helm.render({"partOf": "payments"})
+    for obj in release.objects:
+        assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "payments", obj["kind"]
+    template = release.deployment["spec"]["template"]["metadata"]["labels"]
+    assert template["app.kubernetes.io/part-of"] == "payments"
+    # Never in a selector: it would make the Deployment's immutable selector depend on it.
+    assert "app.kubernetes.io/part-of" not in release.deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_notes_remind_that_app_from_must_admit_the_ingress_controller(chart_helm: Helm) -> None:
+    values = {
+        "ingress": {
+            "enabled": True,
+            "hosts": [{"host": "a.example.com", "paths": [{"path": "/"}]}],
+        },
+        "networkPolicy": {"enabled": True, "appFrom": [{"podSelector": {}}]},
+    }
+    assert "it must include your ingress controller's pods" in chart_helm.render(values).notes
+    values["networkPolicy"]["appFrom"] = []
+    assert "it must include your" not in chart_helm.render(values).notes
+
+
+def test_kubernetes_validate_has_the_schemas_of_both_versions() -> None:
+    available = set(kubernetes_validate.utils.all_versions())
+    assert set(KUBE_VERSIONS) <= available, sorted(available)
+
+
+def test_supported_kubernetes_versions_are_the_documented_ones() -> None:
+    readme = (CHART_DIR / "README.md").read_text(encoding="utf-8")
+    oldest, newest = (".".join(v.split(".")[:2]) for v in KUBE_VERSIONS)
+    assert f"Kubernetes {oldest} or newer" in readme
+    assert f"Kubernetes {oldest} and {newest}" in readme

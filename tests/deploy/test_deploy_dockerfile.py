@@ -30,6 +30,12 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 # pip downloads the dependency wheels from the package index: allow for a slow mirror.
 BUILD_TIMEOUT = 600
+#: The init process in front of `sidecar` in the ENTRYPOINT (Debian's tini).
+INIT = ["/usr/bin/tini", "--"]
+
+
+def _installs_debian_packages(command: str) -> bool:
+    return command.startswith("apt-get ")
 
 
 # -- a small Dockerfile reader ---------------------------------------------------------------
@@ -164,12 +170,19 @@ def test_every_hadolint_ignore_is_explained():
 # -- the image's contract with the CLI and the chart ------------------------------------------
 
 
-def test_entrypoint_is_the_sidecar_cli_in_exec_form(dockerfile):
+def test_entrypoint_is_the_sidecar_cli_under_tini_in_exec_form(dockerfile):
     _, stages = dockerfile
     entrypoint = _final(stages, "ENTRYPOINT")
     assert entrypoint is not None
-    # Exec form: `sidecar` is PID 1 and gets SIGTERM directly, with no shell in between.
-    assert exec_form(entrypoint) == ["sidecar"]
+    # Exec form: tini is PID 1 (it reaps orphans) and passes SIGTERM on to `sidecar`, its
+    # only child, with no shell in between.
+    assert exec_form(entrypoint) == [*INIT, "sidecar"]
+    installs = [
+        i.arguments
+        for i in stages[-1].instructions
+        if i.keyword == "RUN" and _installs_debian_packages(i.arguments)
+    ]
+    assert any(re.search(r"\btini(=\S+)?\b", command) for command in installs), installs
     from sidecar.cli import main
 
     cmd = exec_form(_final(stages, "CMD"))
@@ -370,6 +383,10 @@ class Replay:
                     shutil.copytree(source_stage.host(source), target, dirs_exist_ok=True)
             else:
                 _copy_from_context(sources, target)
+        elif keyword == "RUN" and _installs_debian_packages(arguments):
+            # The replay has no Debian system to install into (the host's is not the image's);
+            # tests/deploy/test_image.py builds the real image, where this step runs.
+            self.log.append(f"# skipped, Debian packages: {arguments}")
         elif keyword == "RUN":
             mounts = {}
             if "mount" in instruction.flags:
@@ -411,6 +428,9 @@ def built_image(dockerfile, tmp_path_factory) -> Replay:
 
 def _run_image(image: Replay, args: list[str]) -> subprocess.CompletedProcess[str]:
     entrypoint = exec_form(_final([image.stage], "ENTRYPOINT"))
+    # tini only starts its child and waits for it; the replay runs the child directly.
+    assert entrypoint[: len(INIT)] == INIT, entrypoint
+    entrypoint = entrypoint[len(INIT) :]
     command = shlex.join(
         image.map_paths(arg, {}) if arg.startswith("/") else arg for arg in [*entrypoint, *args]
     )

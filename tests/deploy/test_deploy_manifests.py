@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import copy
 import json
 from pathlib import Path
@@ -112,12 +111,11 @@ def _normalized(obj: dict[str, Any]) -> dict[str, Any]:
     if obj["kind"] == "ServiceMonitor":
         # The chart pins the release namespace; a plain ServiceMonitor defaults to its own.
         obj["spec"].pop("namespaceSelector", None)
-    if obj["kind"] == "Secret" and "stringData" in obj:
-        # The plain Secret is written as stringData, so that users can paste a token; the API
-        # server stores it as data, which is what the chart renders.
-        data = obj.setdefault("data", {})
-        for key, value in obj.pop("stringData").items():
-            data[key] = base64.b64encode(value.encode()).decode()
+    if obj["kind"] == "Secret":
+        # The plain Secret holds a placeholder as stringData, for users to replace; the chart
+        # generates a token as data (and refuses the placeholder). Only the keys must agree.
+        data = obj.pop("stringData", None) or obj.pop("data")
+        obj["keys"] = sorted(data)
     return obj
 
 
@@ -135,14 +133,11 @@ def _template_labels(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_manifests_equal_the_charts_default_render(chart_helm):
-    # The default values, in a cluster with prometheus-operator so the ServiceMonitor renders,
-    # and with the manifests' placeholder as the admin token: the chart would generate a
-    # random one (test_default_render_is_the_same_with_a_generated_token covers that render).
+    # The default values, in a cluster with prometheus-operator so the ServiceMonitor renders.
+    # The Secret's value differs: a placeholder here, a generated token there
+    # (test_default_render_is_the_same_with_a_generated_token shows nothing else depends on it).
     release = chart_helm.render(
-        {
-            "metrics": {"serviceMonitor": {"enabled": True}},
-            "adminAuth": {"token": _placeholder_token()},
-        },
+        {"metrics": {"serviceMonitor": {"enabled": True}}},
         api_versions=(SERVICE_MONITOR_API,),
     )
     rendered = {
@@ -159,9 +154,9 @@ def test_manifests_equal_the_charts_default_render(chart_helm):
 
 
 def test_default_render_is_the_same_with_a_generated_token(chart_helm):
-    """The inline token of the sync test changes the Secret's value and nothing else."""
+    """The token changes the Secret's value and nothing else."""
     generated = chart_helm.render()
-    inline = chart_helm.render({"adminAuth": {"token": _placeholder_token()}})
+    inline = chart_helm.render({"adminAuth": {"token": "an-inline-token-0123456789"}})
     assert len(generated.objects) == len(inline.objects)
     for ours, theirs in zip(generated.objects, inline.objects, strict=True):
         if ours["kind"] == "Secret":
@@ -172,9 +167,12 @@ def test_default_render_is_the_same_with_a_generated_token(chart_helm):
 def test_the_token_stays_out_of_the_deployment_and_is_a_marked_placeholder():
     objects = _manifest_objects()
     token = _placeholder_token()
-    assert token.startswith("REPLACE-ME"), "a placeholder nobody mistakes for a real token"
+    # The sidecar refuses this very placeholder (exit 2, telling how to make a token), so
+    # applying the manifests unchanged fails loudly instead of running with a public token.
+    assert token == "REPLACE-ME-with-a-random-token"
     text = (MANIFESTS_DIR / "secret.yaml").read_text(encoding="utf-8")
     assert "REPLACE THE PLACEHOLDER BELOW BEFORE APPLYING" in text
+    assert "openssl rand -hex 32" in text
     for key, obj in objects.items():
         if key != ("Secret", "lifespan-sidecar-admin"):
             assert token not in json.dumps(obj), key

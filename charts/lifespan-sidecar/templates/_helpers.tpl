@@ -35,7 +35,9 @@ helm.sh/chart: {{ include "lifespan-sidecar.chart" . }}
 {{ include "lifespan-sidecar.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
-app.kubernetes.io/part-of: lifespan-sidecar
+{{- with .Values.partOf }}
+app.kubernetes.io/part-of: {{ . | quote }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -187,6 +189,15 @@ token
 {{- end }}
 
 {{/*
+Containers given in the values (initContainers, extraContainers), rendered with `tpl` so that
+their strings may use the chart's templates, such as the release's own image.
+*/}}
+{{- define "lifespan-sidecar.userContainers" -}}
+{{- $root := index . 0 }}
+{{- tpl (toYaml (index . 1)) $root }}
+{{- end }}
+
+{{/*
 Checks that fail the render with a message instead of producing a pod that cannot work.
 Included once, from the Deployment.
 */}}
@@ -215,19 +226,29 @@ Included once, from the Deployment.
 {{- fail "config.admin.token is set: the ConfigMap would hold the token in plain text for anyone who can read ConfigMaps. Leave it out and use adminAuth (a generated Secret, adminAuth.token or adminAuth.existingSecret)" }}
 {{- end }}
 {{- $auth := .Values.adminAuth }}
+{{- $allowFrom := dig "admin" "allow_from" "" $config | toString }}
+{{- if and $allowFrom (eq $auth.preStopHook "exec") (not (regexMatch "(^|[ ,])(127\\.|::1)" $allowFrom)) }}
+{{- fail (printf "config.admin.allow_from is %q but the preStop hook is exec: `sidecar prestop` runs in the container and calls /prestop over loopback, which that list refuses. Add 127.0.0.1, e.g. %q (the admin token still applies to loopback callers)" $allowFrom (printf "%s, 127.0.0.1" $allowFrom)) }}
+{{- end }}
 {{- if $auth.enabled }}
 {{- if dig "admin" "token_file" "" $config }}
 {{- fail "config.admin.token_file is set while adminAuth.enabled is true: the token from adminAuth (SIDECAR_ADMIN_TOKEN) would silently win. Use one: adminAuth, or adminAuth.enabled=false with your own Secret mounted through extraVolumes" }}
+{{- end }}
+{{- if and $auth.token (lt (len $auth.token) 16) }}
+{{- fail (printf "adminAuth.token is %d characters long: the sidecar refuses a token shorter than 16. Generate one with `openssl rand -hex 32`, or leave adminAuth.token empty to have the chart generate one" (len $auth.token)) }}
+{{- end }}
+{{- if eq $auth.token "REPLACE-ME-with-a-random-token" }}
+{{- fail "adminAuth.token is the placeholder of manifests/secret.yaml, which is public: the sidecar refuses it. Generate one with `openssl rand -hex 32`, or leave adminAuth.token empty to have the chart generate one" }}
 {{- end }}
 {{- if and $auth.token $auth.existingSecret }}
 {{- fail "adminAuth.token and adminAuth.existingSecret are both set: give the token inline (the chart stores it in a Secret) or name an existing Secret, not both" }}
 {{- end }}
 {{- if eq $auth.preStopHook "httpGet" }}
 {{- if $auth.existingSecret }}
-{{- fail (printf "adminAuth.preStopHook=httpGet needs the admin token in the hook's Authorization header, but the token is in adminAuth.existingSecret %q, which the chart cannot read (the kubelet cannot take a header from a Secret). Use adminAuth.preStopHook=exec (the default: `sidecar prestop` over loopback, no token needed), or give the token inline in adminAuth.token and accept that anyone who can read the pod spec sees it" $auth.existingSecret) }}
+{{- fail (printf "adminAuth.preStopHook=httpGet needs the admin token in the hook's Authorization header, but the token is in adminAuth.existingSecret %q, which the chart cannot read (the kubelet cannot take a header from a Secret). Use adminAuth.preStopHook=exec (the default: `sidecar prestop` in the container, which reads the token from its environment), or give the token inline in adminAuth.token and accept that anyone who can read the pod spec sees it" $auth.existingSecret) }}
 {{- end }}
 {{- if not $auth.token }}
-{{- fail "adminAuth.preStopHook=httpGet needs the admin token in the hook's Authorization header, but adminAuth.token is empty and a generated token would change on every render without cluster access. Use adminAuth.preStopHook=exec (the default: `sidecar prestop` over loopback, no token needed), or set adminAuth.token and accept that anyone who can read the pod spec sees it" }}
+{{- fail "adminAuth.preStopHook=httpGet needs the admin token in the hook's Authorization header, but adminAuth.token is empty and a generated token would change on every render without cluster access. Use adminAuth.preStopHook=exec (the default: `sidecar prestop` in the container, which reads the token from its environment), or set adminAuth.token and accept that anyone who can read the pod spec sees it" }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -257,5 +278,24 @@ Included once, from the Deployment.
 {{- end }}
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.service.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.service.enabled: the ServiceMonitor scrapes that Service" }}
+{{- end }}
+{{- if and .Values.metrics.serviceMonitor.enabled .Values.metrics.podMonitor.enabled }}
+{{- fail "metrics.serviceMonitor.enabled and metrics.podMonitor.enabled are both true: Prometheus would scrape every pod twice. Enable one of them" }}
+{{- end }}
+{{- if and .Values.ingress.enabled (not .Values.ingress.hosts) }}
+{{- fail "ingress.enabled needs at least one entry in ingress.hosts, e.g. [{host: app.example.com, paths: [{path: /, pathType: Prefix}]}]" }}
+{{- end }}
+{{- if and .Values.httpRoute.enabled (not .Values.httpRoute.parentRefs) }}
+{{- fail "httpRoute.enabled needs at least one entry in httpRoute.parentRefs: the Gateway to attach to, e.g. [{name: public, namespace: gateway-system}]" }}
+{{- end }}
+{{- if and .Values.httpRoute.enabled (not .Values.httpRoute.rules) }}
+{{- fail "httpRoute.enabled needs at least one entry in httpRoute.rules, e.g. [{matches: [{path: {type: PathPrefix, value: /}}]}]" }}
+{{- end }}
+{{- $names := list "sidecar" }}
+{{- range concat .Values.initContainers .Values.extraContainers }}
+{{- if has .name $names }}
+{{- fail (printf "two containers are named %q (initContainers, extraContainers and the chart's own \"sidecar\" share one namespace): rename one" .name) }}
+{{- end }}
+{{- $names = append $names .name }}
 {{- end }}
 {{- end }}

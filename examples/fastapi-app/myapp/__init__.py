@@ -1,0 +1,1 @@
+"""An example FastAPI app for lifespan-sidecar's image recipes."""
