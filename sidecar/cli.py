@@ -93,6 +93,15 @@ def _fail(code: int, message: str) -> NoReturn:
     sys.exit(code)
 
 
+def _fatal(code: int, message: str, *, trace: str = "") -> NoReturn:
+    """Log why the run ends (in the configured format) and exit with ``code``."""
+    extra: dict[str, Any] = {"event": "exit", "exit_code": code}
+    if trace:
+        extra["traceback"] = trace
+    logger.critical(message, extra=extra)
+    sys.exit(code)
+
+
 def _config_problems(exc: ConfigError) -> NoReturn:
     lines = "\n".join(f"  - {problem}" for problem in exc.problems)
     _fail(EXIT_CONFIG, f"invalid configuration ({len(exc.problems)} problem(s)):\n{lines}")
@@ -120,19 +129,20 @@ def run_command(**kwargs: Any) -> None:
 
     config = _config_or_exit(kwargs, need_target=True)
     configure_logging(config.logging)
+    # From here on every message before an exit goes through the configured log format.
     try:
         run(config)
     except ConfigError as exc:
-        _fail(EXIT_CONFIG, "; ".join(exc.problems))
+        _fatal(EXIT_CONFIG, "; ".join(exc.problems))
     except AppLoadError as exc:
-        _fail(EXIT_STARTUP, str(exc))
+        _fatal(EXIT_STARTUP, str(exc), trace=exc.trace)
     except LifespanError as exc:
-        _fail(EXIT_STARTUP, f"the app failed to start ({exc.reason}): {str(exc).splitlines()[0]}")
+        _fatal(EXIT_STARTUP, f"the app failed to start ({exc.reason}): {str(exc).splitlines()[0]}")
     except BindError as exc:
-        _fail(EXIT_ERROR, str(exc))
+        _fatal(EXIT_ERROR, str(exc))
     except Exception:
         logger.exception("internal error")
-        _fail(EXIT_ERROR, "stopped by an internal error (traceback above)")
+        _fatal(EXIT_ERROR, "stopped by an internal error (traceback above)")
 
 
 @main.command("check-config")

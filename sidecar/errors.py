@@ -23,10 +23,12 @@ class AppLoadError(SidecarError):
     ``kind`` tells the causes apart: ``not_found`` (no such module),
     ``import_failed`` (the module raised while importing), ``attribute``,
     ``not_callable``, ``factory`` and ``target`` (malformed ``module:attr``).
+    ``trace`` is the traceback of the app's code that raised, when it raised.
     """
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, *, trace: str = "") -> None:
         self.kind = kind
+        self.trace = trace
         super().__init__(message)
 
 

@@ -5,14 +5,40 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
+from traceback import TracebackException
 from typing import Any
 
 from .errors import AppLoadError
 from .types import ASGIApp
 
 _FORM = "expected the form `module:attribute`, e.g. `myproject.main:app` or `pkg.mod:container.app`"
+
+
+# Frames of the sidecar's own loading and of Python's import machinery tell the reader
+# nothing about their app: a traceback shows only the app's frames.
+_LOADER = {__file__, str(Path(__file__).resolve())}
+_IMPORTLIB = str(Path(importlib.__file__ or "importlib/__init__.py").resolve())
+
+
+def _own_frame(filename: str) -> bool:
+    return filename in _LOADER or filename == _IMPORTLIB or filename.startswith("<frozen importlib")
+
+
+def app_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` (and what it chains), with only the app's frames."""
+    trace = traceback.TracebackException.from_exception(exc)
+    chain: TracebackException | None = trace
+    seen: set[int] = set()
+    while chain is not None and id(chain) not in seen:
+        seen.add(id(chain))
+        chain.stack = traceback.StackSummary.from_list(
+            [frame for frame in chain.stack if not _own_frame(frame.filename)]
+        )
+        chain = chain.__cause__ or chain.__context__
+    return "".join(trace.format()).rstrip()
 
 
 def parse_target(target: str) -> tuple[str, str]:
@@ -45,12 +71,14 @@ def _import(module_name: str, target: str, what: str = "app") -> Any:
             "import_failed",
             f"cannot load {what} {target!r}: importing module {module_name!r} raised "
             f"{type(exc).__name__}: {exc}",
+            trace=app_traceback(exc),
         ) from exc
     except (Exception, SystemExit) as exc:
         raise AppLoadError(
             "import_failed",
             f"cannot load {what} {target!r}: importing module {module_name!r} raised "
             f"{type(exc).__name__}: {exc}",
+            trace=app_traceback(exc),
         ) from exc
 
 
@@ -106,6 +134,7 @@ def load_app(target: str, *, factory: bool = False, app_dir: str | None = ".") -
             raise AppLoadError(
                 "factory",
                 f"cannot load app {target!r}: the factory raised {type(exc).__name__}: {exc}",
+                trace=app_traceback(exc),
             ) from exc
         if inspect.isawaitable(obj):
             if inspect.iscoroutine(obj):

@@ -178,6 +178,41 @@ class LoopLagStats(Collector):
         )
 
 
+class LifecycleStats(Collector):
+    """The phase and the probe verdicts, computed when scraped from what the probes see.
+
+    ``sidecar_ready`` is 1 exactly when ``/readyz`` would answer 200 (a failing critical
+    check makes it 0 while the phase is still ``ready``), ``sidecar_live`` likewise for
+    ``/livez``, and the phase is read at that moment, so no two updates can race.
+    """
+
+    def __init__(self, phases: Sequence[str]) -> None:
+        self._phases = tuple(phases)
+        #: Return the current phase, whether /readyz passes and whether /livez passes.
+        self.sampler: Callable[[], tuple[str, bool, bool]] = lambda: (self._phases[0], False, True)
+
+    def collect(self) -> Iterable[Metric]:
+        current, ready, live = self.sampler()
+        phase = GaugeMetricFamily(
+            "sidecar_lifecycle_phase",
+            "1 for the current lifecycle phase, 0 for the others.",
+            labels=["phase"],
+        )
+        for name in self._phases:
+            phase.add_metric([name], 1 if name == current else 0)
+        yield phase
+        yield GaugeMetricFamily(
+            "sidecar_ready",
+            "1 while the readiness probe (/readyz) passes, else 0.",
+            value=1 if ready else 0,
+        )
+        yield GaugeMetricFamily(
+            "sidecar_live",
+            "1 while the liveness probe (/livez) passes, else 0.",
+            value=1 if live else 0,
+        )
+
+
 class Metrics:
     """The sidecar's instruments; a fresh registry per instance (tests make their own)."""
 
@@ -204,12 +239,6 @@ class Metrics:
             "Duration of the last lifespan startup attempt.",
             registry=reg,
         )
-        self.startup_failures = Counter(
-            "sidecar_lifespan_startup_failures_total",
-            "Lifespan startup attempts that failed, by reason.",
-            ["reason"],
-            registry=reg,
-        )
         self.shutdown_duration = Gauge(
             "sidecar_lifespan_shutdown_duration_seconds",
             "Duration of the lifespan shutdown.",
@@ -226,21 +255,13 @@ class Metrics:
             "Lifespan tasks that raised after startup had completed.",
             registry=reg,
         )
-        for reason in STARTUP_FAILURE_REASONS:
-            self.startup_failures.labels(reason)
+        # Startup attempts and failures are counted by ``record.StartupRecord``, which
+        # keeps them across container restarts; the runner registers it here.
         for reason in SHUTDOWN_FAILURE_REASONS:
             self.shutdown_failures.labels(reason)
 
-        self.phase = Gauge(
-            "sidecar_lifecycle_phase",
-            "1 for the current lifecycle phase, 0 for the others.",
-            ["phase"],
-            registry=reg,
-        )
-        self._phases = tuple(phases)
-        self.ready = Gauge(
-            "sidecar_ready", "1 while the readiness probe passes, else 0.", registry=reg
-        )
+        self.lifecycle = LifecycleStats(phases)
+        reg.register(self.lifecycle)
 
         self.drain_duration = Gauge(
             "sidecar_drain_duration_seconds",
@@ -250,9 +271,13 @@ class Metrics:
         )
         self.requests_aborted = Counter(
             "sidecar_http_requests_aborted",
-            "Requests still running at the graceful timeout, cut at shutdown.",
+            "Requests still running at the graceful deadline, cut at shutdown: answered 503 "
+            "before their response began (stage before_response), or cut during it.",
+            ["stage"],
             registry=reg,
         )
+        for stage in ("before_response", "during_response"):
+            self.requests_aborted.labels(stage)
         self.connections_open = Gauge(
             "sidecar_connections_open", "Open client connections on the app port.", registry=reg
         )
@@ -285,12 +310,6 @@ class Metrics:
             ["check"],
             registry=reg,
         )
-
-    def set_phase(self, current: str, *, ready: bool) -> None:
-        """Set the phase series (exactly one is 1) and the ready gauge."""
-        for name in self._phases:
-            self.phase.labels(name).set(1 if name == current else 0)
-        self.ready.set(1 if ready else 0)
 
     def forget_check(self, name: str) -> None:
         """Drop a removed check's series, so a gone check does not look stuck."""

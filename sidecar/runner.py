@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import threading
 import time
@@ -55,7 +56,9 @@ from .health import (
 )
 from .lifespan import LifespanDriver
 from .loader import load_app, load_callable
-from .metrics import Metrics
+from .metrics import STARTUP_FAILURE_REASONS, Metrics
+from .probe import Probe, passes
+from .record import StartupRecord
 from .serving import AppServer
 from .state import Lifecycle, Phase, Transition
 from .types import ASGIApp
@@ -77,7 +80,10 @@ class Sidecar:
         registry: CollectorRegistry | None = None,
         process_collectors: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        on_abort: Callable[[int], None] | None = None,
     ) -> None:
+        """``on_abort`` ends the process with the given code on a third signal (the CLI
+        passes ``os._exit``); without it, further signals only repeat the second one."""
         self.config = config
         self._app = app
         # The drain clock: when a drain began and how much of its delay is left.
@@ -88,11 +94,14 @@ class Sidecar:
             registry=registry,
             process_collectors=process_collectors,
         )
-        self.metrics.set_phase(Phase.STARTING.value, ready=False)
         self.lifecycle.subscribe(self._on_transition)
         self.loop_monitor = LoopMonitor(config.health, self.metrics.loop_lag)
         self.checks = CheckScheduler(self.metrics)
         probes = Probes(config.health, self.lifecycle, self.loop_monitor, self.checks)
+        self.probes = probes
+        self.metrics.lifecycle.sampler = self._lifecycle_sample
+        self.startup_record = StartupRecord(config.lifespan.state_dir, STARTUP_FAILURE_REASONS)
+        self.metrics.registry.register(self.startup_record)
         self.admin = AdminServer(
             config.admin,
             self.lifecycle,
@@ -113,6 +122,9 @@ class Sidecar:
         # asyncio.Event binds to a loop on first use, so both can be made here.
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
+        self._signals = 0
+        self._on_abort = on_abort
+        self._lifespan_shutdown_state = "not begun"
 
     # -- shutdown requests ----------------------------------------------------------------
 
@@ -134,13 +146,42 @@ class Sidecar:
         stop.set()
 
     def _on_signal(self, signum: signal.Signals) -> None:
+        self._signals += 1
         logger.info("received %s", signal.Signals(signum).name)
+        if self._signals >= 3 and self._on_abort is not None:
+            self._abort(signum, self._on_abort)
+            return
         self._on_shutdown_request(False)
+
+    def _abort(self, signum: signal.Signals, on_abort: Callable[[int], None]) -> None:
+        """A third signal: say what is cut, then exit at once (``128 + signum``)."""
+        server = self.app_server
+        code = 128 + int(signum)
+        logger.error(
+            "third signal (%s): exiting at once with code %d, in phase %s; cut: "
+            "%d request(s) in flight, %d WebSocket(s), lifespan shutdown %s",
+            signal.Signals(signum).name,
+            code,
+            self.lifecycle.phase.value,
+            server.in_flight if server is not None else 0,
+            server.websocket_connections if server is not None else 0,
+            self._lifespan_shutdown_state,
+            extra={"event": "exit", "exit_code": code},
+        )
+        on_abort(code)
 
     # -- logging and metrics of transitions -----------------------------------------------
 
+    def _lifecycle_sample(self) -> tuple[str, bool, bool]:
+        """The phase and the verdicts of /readyz and /livez now (for a scrape)."""
+        probes = self.probes
+        return (
+            self.lifecycle.phase.value,
+            passes(probes.checks(Probe.READINESS)),
+            passes(probes.checks(Probe.LIVENESS)),
+        )
+
     def _on_transition(self, change: Transition) -> None:
-        self.metrics.set_phase(change.phase.value, ready=change.phase is Phase.READY)
         logger.info(
             "phase %s -> %s after %.3fs%s",
             change.previous.value,
@@ -193,6 +234,11 @@ class Sidecar:
                 self.lifecycle.transition(Phase.STOPPED)
                 return
             await self._serve_app(driver)
+        except (AppLoadError, LifespanError):
+            # The app failed to start: the run ends with exit code 3, once the failure
+            # had a chance to be scraped.
+            await self._linger("the app failed to start", until=self._stop)
+            raise
         except BaseException:
             if self.lifecycle.phase not in (Phase.STOPPED, Phase.FAILED):
                 self.lifecycle.transition(Phase.FAILED)
@@ -207,6 +253,19 @@ class Sidecar:
             finally:  # even when cancelled while stopping the checks
                 self.loop_monitor.stop()
                 self.admin.stop()
+
+    async def _linger(self, why: str, *, until: asyncio.Event) -> None:
+        """Keep the admin port up for ``lifespan.failure_linger`` (or until ``until``)."""
+        linger = self.config.lifespan.failure_linger
+        if linger <= 0 or until.is_set():
+            return
+        logger.info(
+            "%s; the admin port stays up for %gs (lifespan.failure_linger) so that "
+            "Prometheus can scrape it",
+            why,
+            linger,
+        )
+        await first_of(until.wait(), deadline=asyncio.get_running_loop().time() + linger)
 
     async def _watch(self, trigger: ShutdownTrigger) -> None:
         await trigger()
@@ -230,7 +289,7 @@ class Sidecar:
 
     def _startup_failed(self, reason: str, message: str, *, final: str | None) -> None:
         """Count a failed startup (``reason``); ``final`` ends the run as FAILED, saying why."""
-        self.metrics.startup_failures.labels(reason).inc()
+        self.startup_record.failure(reason, message)
         self.lifecycle.mark_startup_failed(message)
         if final is not None:
             self.lifecycle.transition(Phase.FAILED, final)
@@ -270,10 +329,13 @@ class Sidecar:
 
     async def _start_app(self) -> LifespanDriver | None:
         """Import the app and run lifespan startup; ``None`` if shutdown came first."""
+        self.startup_record.attempt()  # the import belongs to the first attempt
         app = self._load()
         self._add_config_checks()
         config = self.config.lifespan
         for attempt in range(1, config.startup_attempts + 1):
+            if attempt > 1:
+                self.startup_record.attempt()
             # Each attempt gets its own handle: checks registered by an attempt that
             # failed go with it. The context variable reaches the lifespan task (it
             # copies this context), for frameworks whose lifespan cannot see the state.
@@ -369,6 +431,8 @@ class Sidecar:
         # Lifespan shutdown runs once startup completed, whatever happened to requests.
         await self._lifespan_shutdown(driver)
         self.lifecycle.transition(Phase.STOPPED)
+        if server.aborted:
+            await self._linger(f"{server.aborted} request(s) were cut", until=self._force)
 
     async def _stop_serving(self, server: AppServer) -> None:
         """Drain and stop the app port, in the one shutdown order (see the module doc)."""
@@ -404,10 +468,14 @@ class Sidecar:
         if started is not None:
             self.metrics.drain_duration.set(lifecycle.clock() - started)
         if aborted:
-            self.metrics.requests_aborted.inc(aborted)
+            unanswered = server.aborted_unanswered
+            aborted_total = self.metrics.requests_aborted
+            aborted_total.labels("before_response").inc(unanswered)
+            aborted_total.labels("during_response").inc(aborted - unanswered)
 
     async def _lifespan_shutdown(self, driver: LifespanDriver) -> None:
         # The app is about to close what its checks use; stop them first.
+        self._lifespan_shutdown_state = "in progress"
         await self.checks.stop()
         began = time.perf_counter()
         try:
@@ -429,6 +497,7 @@ class Sidecar:
                 )
         finally:
             self.metrics.shutdown_duration.set(time.perf_counter() - began)
+            self._lifespan_shutdown_state = "done"
 
 
 def _url(address: tuple[str, int] | None) -> str:
@@ -455,7 +524,13 @@ def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+def _exit_now(code: int) -> None:
+    """End the process at once: flush the log, skip every cleanup (a third signal)."""
+    logging.shutdown()
+    os._exit(code)
+
+
 def run(config: Config) -> None:
     """Run a sidecar for ``config`` in this thread until it stops (the CLI's entry)."""
     with asyncio.Runner(loop_factory=_loop_factory(config.server.loop)) as runner:
-        runner.run(Sidecar(config).serve())
+        runner.run(Sidecar(config, on_abort=_exit_now).serve())

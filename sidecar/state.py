@@ -1,8 +1,9 @@
 """Lifecycle phases and availability: the one mutable object shared by both threads.
 
 The app thread moves the phase forward; the admin thread reads it to answer probes and
-starts the preStop drain. Every access goes through one lock, and listeners (logging,
-metrics) are called outside it, in the order transitions happened.
+starts the preStop drain. Every access goes through one lock. Listeners (the log) are
+called outside it, but a second lock orders whole transitions, listeners included, so
+they are told of transitions in the order the transitions happened.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class Lifecycle:
 
     def __init__(self, *, drain_delay: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
+        # Held from a change through its listeners (reentrant: a listener may read state).
+        self._order = threading.RLock()
         self._clock = clock
         self._drain_delay = drain_delay
         self._phase = Phase.STARTING
@@ -96,19 +99,21 @@ class Lifecycle:
 
     def transition(self, phase: Phase, detail: str = "") -> None:
         """Move to ``phase``; a no-op when already there."""
-        with self._lock:
-            change = self._move(phase, detail)
-        self._notify(change)
+        with self._order:
+            with self._lock:
+                change = self._move(phase, detail)
+            self._notify(change)
 
     def mark_started(self) -> None:
         """Record that startup completed; become READY unless a drain already began."""
-        with self._lock:
-            self._startup_complete = True
-            change = None
-            if self._phase is Phase.STARTING:
-                target = Phase.READY if self._drain_started is None else Phase.DRAINING
-                change = self._move(target, "startup complete")
-        self._notify(change)
+        with self._order:
+            with self._lock:
+                self._startup_complete = True
+                change = None
+                if self._phase is Phase.STARTING:
+                    target = Phase.READY if self._drain_started is None else Phase.DRAINING
+                    change = self._move(target, "startup complete")
+            self._notify(change)
 
     def mark_startup_failed(self, message: str) -> None:
         """Record the last startup failure (shown on probes while retrying or failing)."""
@@ -127,18 +132,19 @@ class Lifecycle:
         concurrent drains are one drain. Before startup completes nothing is routed
         here yet, so the drain ends at once.
         """
-        with self._lock:
-            now = self._clock()
-            change = None
-            if self._drain_started is None:
-                self._drain_started = now
-                if self._phase is Phase.READY:
-                    change = self._move(Phase.DRAINING, "drain started")
-            if not self._startup_complete or self._phase not in (Phase.READY, Phase.DRAINING):
-                end = now
-            else:
-                end = self._drain_started + self._drain_delay
-        self._notify(change)
+        with self._order:
+            with self._lock:
+                now = self._clock()
+                change = None
+                if self._drain_started is None:
+                    self._drain_started = now
+                    if self._phase is Phase.READY:
+                        change = self._move(Phase.DRAINING, "drain started")
+                if not self._startup_complete or self._phase not in (Phase.READY, Phase.DRAINING):
+                    end = now
+                else:
+                    end = self._drain_started + self._drain_delay
+            self._notify(change)
         return end
 
     @property

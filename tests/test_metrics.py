@@ -13,7 +13,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from sidecar import __version__
 
 from . import apps
-from .conftest import LOOPBACK, ROOT, fetch, fetch_quietly
+from .conftest import LOOPBACK, ROOT, fetch
 from .metrics_util import scrape_samples
 
 PHASES = ("starting", "ready", "draining", "stopping", "stopped", "failed")
@@ -134,7 +134,8 @@ def test_promtool_accepts_the_exposition(run_sidecar: Any) -> None:
 def test_drain_and_abort_metrics(run_sidecar: Any) -> None:
     app = apps.IgnoresDisconnect()
     running = run_sidecar(app, shutdown__graceful_timeout=0.1, shutdown__drain_delay=0.2)
-    client = threading.Thread(target=fetch_quietly, args=(running.app("/"),))
+    replies: list[Any] = []
+    client = threading.Thread(target=lambda: replies.append(fetch(running.app("/"))))
     client.start()
     assert app.entered.wait(30)
     samples = scrape_samples(scrape(running)[0])
@@ -142,8 +143,20 @@ def test_drain_and_abort_metrics(run_sidecar: Any) -> None:
     assert value(samples, "sidecar_websocket_connections") == 0
     assert running.stop() is None
     client.join(30)
+    # Cut before its response began: answered 503, so the client can tell it from a
+    # network failure and retry elsewhere.
+    assert replies[0].status == 503
+    assert replies[0].headers["retry-after"] == "1"
+    assert replies[0].headers["connection"] == "close"
+    assert app.cancelled.is_set()
     registry = running.sidecar.metrics.registry
-    assert registry.get_sample_value("sidecar_http_requests_aborted_total") == 1
+    aborted = "sidecar_http_requests_aborted_total"
+    assert registry.get_sample_value(aborted, {"stage": "before_response"}) == 1
+    assert registry.get_sample_value(aborted, {"stage": "during_response"}) == 0
+    assert (
+        registry.get_sample_value("sidecar_http_requests_total", {"method": "GET", "code": "503"})
+        == 1
+    )
     drain = registry.get_sample_value("sidecar_drain_duration_seconds")
     assert drain is not None
     assert drain >= 0.2

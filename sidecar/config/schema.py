@@ -135,6 +135,22 @@ class LifespanConfig:
         1.0, "Seconds before the second attempt; doubles after each failure.", min=0
     )
     retry_backoff_max: float = _opt(30.0, "Upper bound of the retry backoff, in seconds.", min=0)
+    # A process that exits a few milliseconds after its startup failed is never scraped;
+    # a file that outlives the container (an emptyDir lives as long as the pod) lets the
+    # next attempt report every failure before it.
+    state_dir: str = _opt(
+        "",
+        "Directory for a small file of startup attempts and failures that outlives the "
+        "container (an emptyDir in Kubernetes), so failure counters keep counting across a "
+        "crash loop; empty: nothing is kept.",
+    )
+    failure_linger: float = _opt(
+        0.0,
+        "Seconds the admin port stays up after a fatal startup failure (and after a stop "
+        "that cut requests) before the process exits, so Prometheus can scrape what "
+        "happened; set it above the scrape interval. 0: exit at once.",
+        min=0,
+    )
 
 
 @dataclass(frozen=True)

@@ -196,6 +196,20 @@ class HttpExchange:
         if task is not None and not task.done():
             task.cancel()
 
+    def cut(self) -> bool:
+        """End the exchange now (the graceful deadline has passed); return if answered.
+
+        A request whose response has not started is answered ``503`` with
+        ``retry-after`` and ``connection: close``, so the client can tell it from a
+        network failure and retry elsewhere; a started response is cut when the app call
+        ends. Either way the app is told the client is gone.
+        """
+        answered = not self.started and not self.complete
+        if answered:
+            self.fail(503, [RETRY_AFTER], close=True)
+        self.disconnect()
+        return answered
+
     def close_connection(self) -> None:
         """Close the connection after this response (the server is stopping)."""
         self.keep_alive = False
@@ -310,11 +324,13 @@ class HttpExchange:
     async def send(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.body":
+            # Disconnected first: an exchange the server cut may have been answered for
+            # the app, which then only needs to hear that the client is gone.
+            if self.disconnected:
+                raise ClientDisconnected("the client closed the connection")
             if self._headers is None or self.complete:
                 expected = "http.response.start" if self._headers is None else "nothing more"
                 raise UnexpectedMessageError(message, (expected,))
-            if self.disconnected:
-                raise ClientDisconnected("the client closed the connection")
             body = message.get("body", b"")
             more = message.get("more_body", False)
             if not self.started:
@@ -328,6 +344,8 @@ class HttpExchange:
                 await drain(self.connection)
             return
         if kind == "http.response.start":
+            if self.disconnected:
+                raise ClientDisconnected("the client closed the connection")
             if self._headers is not None:
                 raise UnexpectedMessageError(message, ("http.response.body",))
             self.status = message["status"]

@@ -92,8 +92,10 @@ class AppServer:
         self._ending_streams = False
         self._websocket_close_code = websocket_close_code
         self.address: tuple[str, int] | None = None
-        #: Requests still running at the graceful deadline, cut by ``cut()``.
+        #: Requests still running at the graceful deadline, cut by ``cut()``: answered 503
+        #: before their response started, and cut during it.
         self.aborted = 0
+        self.aborted_unanswered = 0
 
     @property
     def in_flight(self) -> int:
@@ -427,7 +429,7 @@ class AppServer:
     async def cut(self) -> int:
         """End what still runs after the graceful deadline; return how many requests.
 
-        Requests are told the client is gone, then cancelled; the app calls on
+        Requests are cut (``HttpExchange.cut``), then cancelled; the app calls on
         WebSockets are cancelled (``close`` closes their connections); the app calls get
         ``CUT_GRACE`` in all to end, so nothing of the app still runs when its lifespan
         shutdown begins.
@@ -443,7 +445,8 @@ class AppServer:
                 len(remaining),
             )
             for exchange in remaining:
-                exchange.disconnect()
+                if exchange.cut():
+                    self.aborted_unanswered += 1
             await self.wait_idle(began + CUT_GRACE / 2)
             for exchange in list(self._active):
                 exchange.cancel()

@@ -83,6 +83,7 @@ def _startup_budget_needed(effective: dict[str, Any], margin: float) -> float:
     return (
         lifespan["startup_timeout"] * attempts
         + lifespan["retry_backoff_max"] * (attempts - 1)
+        + lifespan["failure_linger"]
         + margin
     )
 
@@ -160,11 +161,12 @@ def test_pod_is_wired_to_the_effective_config(case_release, case_check):
             ]
         assert pre_stop == {"httpGet": expected}
 
-    # The grace period covers drain + in-flight requests + lifespan shutdown.
+    # The grace period covers drain + in-flight requests + lifespan shutdown + the linger.
     shutdown = (
         effective["shutdown"]["drain_delay"]
         + effective["shutdown"]["graceful_timeout"]
         + effective["lifespan"]["shutdown_timeout"]
+        + effective["lifespan"]["failure_linger"]
     )
     assert pod["terminationGracePeriodSeconds"] >= shutdown
     if values.get("terminationGracePeriodSeconds") is None:
@@ -351,13 +353,15 @@ def test_optional_objects_follow_their_conditions(case_release):
 
 def test_default_values_give_the_documented_numbers(chart_helm):
     release = chart_helm.render()
-    assert release.pod_spec["terminationGracePeriodSeconds"] == 60  # 5 + 20 + 30 + 5
+    # drain 5 + graceful 20 + lifespan shutdown 30 + failure linger 35 + margin 5
+    assert release.pod_spec["terminationGracePeriodSeconds"] == 95
     startup = release.container["startupProbe"]
-    assert (startup["failureThreshold"], startup["periodSeconds"]) == (35, 2)  # (60 + 10) / 2
+    # (startup 60 + failure linger 35 + margin 10) / period 2, rounded up
+    assert (startup["failureThreshold"], startup["periodSeconds"]) == (53, 2)
     assert release.deployment["spec"]["replicas"] == 2
     assert release.one("PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
     assert "ServiceMonitor" not in release.kinds()
-    assert "terminationGracePeriodSeconds is 60" in release.notes
+    assert "terminationGracePeriodSeconds is 95" in release.notes
 
 
 def test_autoscaling_renders_an_autoscaling_v2_hpa(chart_helm):
@@ -411,14 +415,14 @@ def test_custom_timeouts_move_the_grace_period_and_startup_budget(chart_helm):
         "shutdown": {"drain_delay": 12.5, "graceful_timeout": 30},
     }
     release = chart_helm.render({"config": config})
-    assert release.pod_spec["terminationGracePeriodSeconds"] == 88  # ceil(82.5) + 5
+    assert release.pod_spec["terminationGracePeriodSeconds"] == 123  # ceil(82.5 + 35) + 5
     startup = release.container["startupProbe"]
-    assert startup["failureThreshold"] * startup["periodSeconds"] >= 210
+    assert startup["failureThreshold"] * startup["periodSeconds"] >= 245  # 200 + 35 + 10
 
 
 def test_explicit_grace_period_is_kept_when_long_enough(chart_helm):
-    release = chart_helm.render({"terminationGracePeriodSeconds": 55})
-    assert release.pod_spec["terminationGracePeriodSeconds"] == 55
+    release = chart_helm.render({"terminationGracePeriodSeconds": 91})
+    assert release.pod_spec["terminationGracePeriodSeconds"] == 91
 
 
 def test_null_config_keys_fall_back_to_the_sidecar_defaults(chart_helm, sidecar_check_config):
@@ -431,6 +435,7 @@ def test_null_config_keys_fall_back_to_the_sidecar_defaults(chart_helm, sidecar_
         effective["shutdown"]["drain_delay"]
         + effective["shutdown"]["graceful_timeout"]
         + effective["lifespan"]["shutdown_timeout"]
+        + effective["lifespan"]["failure_linger"]
     )
     assert release.pod_spec["terminationGracePeriodSeconds"] == math.ceil(shutdown) + 5
     startup = release.container["startupProbe"]
@@ -751,16 +756,16 @@ def test_exec_hook_drains_a_running_sidecar_that_requires_the_token(chart_helm, 
 INVALID_RENDERS = {
     "grace period too short": (
         {"terminationGracePeriodSeconds": 30},
-        "terminationGracePeriodSeconds=30 is too short: the sidecar may need 55s to stop",
+        "terminationGracePeriodSeconds=30 is too short: the sidecar may need 90s to stop",
     ),
     "grace period too short for custom timeouts": (
         {"terminationGracePeriodSeconds": 60, "config": {"shutdown": {"graceful_timeout": 40}}},
-        "Set it to at least 75",
+        "Set it to at least 110",
     ),
     "startup probe too short": (
         {"probes": {"startup": {"failureThreshold": 5}}},
         "probes.startup.failureThreshold=5 x periodSeconds=2 gives the app 10s to start, "
-        "less than the 70s",
+        "less than the 105s",
     ),
     "empty app target": ({"config": {"app": {"target": ""}}}, "config.app.target is empty"),
     "loopback admin host": (
@@ -1002,7 +1007,9 @@ def test_schema_config_section_mirrors_the_sidecar_keys():
         section = config["properties"][spec.section]
         assert section["additionalProperties"] is False
         node = section["properties"].get(spec.name)
-        assert node is not None, f"values.schema.json lacks config.{spec.path}"
+        assert node is not None, (
+            f"values.schema.json lacks config.{spec.path}: run python -m tests.deploy.sync_schema"
+        )
         if spec.path == "health.checks":  # a list of check mappings, closed like the rest
             assert node["type"] == "array", spec.path
             assert node["items"]["additionalProperties"] is False, spec.path

@@ -112,14 +112,17 @@ and the process always agree on the effective value. `dig` keeps an explicit 0, 
 {{/*
 The worst-case time from SIGTERM (or the preStop call) to exit, in whole seconds:
 the drain delay (keep serving while endpoints update), the graceful timeout (in-flight
-requests finish), and the lifespan shutdown timeout. A preStop drain and the drain after
-SIGTERM are one and the same delay, never two: the sidecar only waits for what is left.
+requests finish), the lifespan shutdown timeout, and the failure linger (after a stop that
+cut requests, the admin port stays up that long to be scraped). A preStop drain and the
+drain after SIGTERM are one and the same delay, never two: the sidecar only waits for what
+is left.
 */}}
 {{- define "lifespan-sidecar.shutdownSeconds" -}}
 {{- $drain := include "lifespan-sidecar.configValue" (list . "shutdown" "drain_delay" 5) | float64 }}
 {{- $graceful := include "lifespan-sidecar.configValue" (list . "shutdown" "graceful_timeout" 20) | float64 }}
 {{- $lifespan := include "lifespan-sidecar.configValue" (list . "lifespan" "shutdown_timeout" 30) | float64 }}
-{{- addf $drain $graceful $lifespan | ceil | int }}
+{{- $linger := include "lifespan-sidecar.configValue" (list . "lifespan" "failure_linger" 0) | float64 }}
+{{- addf $drain $graceful $lifespan $linger | ceil | int }}
 {{- end }}
 
 {{/*
@@ -133,24 +136,26 @@ the middle of finishing requests or of the app's lifespan shutdown, so it fails 
 {{- if kindIs "invalid" $explicit }}
 {{- add $needed (.Values.terminationGracePeriodMarginSeconds | int) }}
 {{- else if lt ($explicit | int) $needed }}
-{{- fail (printf "terminationGracePeriodSeconds=%d is too short: the sidecar may need %ds to stop (config.shutdown.drain_delay %v + config.shutdown.graceful_timeout %v + config.lifespan.shutdown_timeout %v, rounded up). Set it to at least %d (leave it unset to get %d, with the %ds margin), or lower those timeouts in config." ($explicit | int) $needed (include "lifespan-sidecar.configValue" (list . "shutdown" "drain_delay" 5)) (include "lifespan-sidecar.configValue" (list . "shutdown" "graceful_timeout" 20)) (include "lifespan-sidecar.configValue" (list . "lifespan" "shutdown_timeout" 30)) $needed (add $needed (.Values.terminationGracePeriodMarginSeconds | int)) (.Values.terminationGracePeriodMarginSeconds | int)) }}
+{{- fail (printf "terminationGracePeriodSeconds=%d is too short: the sidecar may need %ds to stop (config.shutdown.drain_delay %v + config.shutdown.graceful_timeout %v + config.lifespan.shutdown_timeout %v + config.lifespan.failure_linger %v, rounded up). Set it to at least %d (leave it unset to get %d, with the %ds margin), or lower those timeouts in config." ($explicit | int) $needed (include "lifespan-sidecar.configValue" (list . "shutdown" "drain_delay" 5)) (include "lifespan-sidecar.configValue" (list . "shutdown" "graceful_timeout" 20)) (include "lifespan-sidecar.configValue" (list . "lifespan" "shutdown_timeout" 30)) (include "lifespan-sidecar.configValue" (list . "lifespan" "failure_linger" 0)) $needed (add $needed (.Values.terminationGracePeriodMarginSeconds | int)) (.Values.terminationGracePeriodMarginSeconds | int)) }}
 {{- else }}
 {{- $explicit | int }}
 {{- end }}
 {{- end }}
 
 {{/*
-The longest a healthy startup may take, in whole seconds: every lifespan startup attempt
-at its full timeout, the backoff between attempts (bounded by retry_backoff_max), and a
-margin for the interpreter start and the app import, which no sidecar timeout covers.
-The startup probe must allow at least this much, so that a slow start ends with the
-sidecar's own exit code 3 and message rather than a kubelet kill.
+The longest a startup may take, in whole seconds: every lifespan startup attempt at its
+full timeout, the backoff between attempts (bounded by retry_backoff_max), the failure
+linger after the last one failed, and a margin for the interpreter start and the app
+import, which no sidecar timeout covers. The startup probe must allow at least this much,
+so that a failed start ends with the sidecar's own exit code 3 and message (and its
+metrics scraped) rather than a kubelet kill.
 */}}
 {{- define "lifespan-sidecar.startupSeconds" -}}
 {{- $timeout := include "lifespan-sidecar.configValue" (list . "lifespan" "startup_timeout" 60) | float64 }}
 {{- $attempts := include "lifespan-sidecar.configValue" (list . "lifespan" "startup_attempts" 1) | int }}
 {{- $backoffMax := include "lifespan-sidecar.configValue" (list . "lifespan" "retry_backoff_max" 30) | float64 }}
-{{- $total := addf (mulf $timeout $attempts) (mulf $backoffMax (sub $attempts 1)) }}
+{{- $linger := include "lifespan-sidecar.configValue" (list . "lifespan" "failure_linger" 0) | float64 }}
+{{- $total := addf (mulf $timeout $attempts) (mulf $backoffMax (sub $attempts 1)) $linger }}
 {{- addf $total .Values.probes.startup.marginSeconds | ceil | int }}
 {{- end }}
 
@@ -162,7 +167,7 @@ sidecar's own exit code 3 and message rather than a kubelet kill.
 {{- if kindIs "invalid" $explicit }}
 {{- divf $needed $period | ceil | int }}
 {{- else if lt (mul ($explicit | int) $period) $needed }}
-{{- fail (printf "probes.startup.failureThreshold=%d x periodSeconds=%d gives the app %ds to start, less than the %ds the sidecar may take (config.lifespan.startup_timeout x startup_attempts, the retry backoff, and a %vs margin). Raise failureThreshold to at least %d, or leave it unset to have it computed." ($explicit | int) $period (mul ($explicit | int) $period) $needed .Values.probes.startup.marginSeconds (divf $needed $period | ceil | int)) }}
+{{- fail (printf "probes.startup.failureThreshold=%d x periodSeconds=%d gives the app %ds to start, less than the %ds the sidecar may take (config.lifespan.startup_timeout x startup_attempts, the retry backoff, config.lifespan.failure_linger, and a %vs margin). Raise failureThreshold to at least %d, or leave it unset to have it computed." ($explicit | int) $period (mul ($explicit | int) $period) $needed .Values.probes.startup.marginSeconds (divf $needed $period | ceil | int)) }}
 {{- else }}
 {{- $explicit | int }}
 {{- end }}
