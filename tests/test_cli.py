@@ -91,6 +91,30 @@ def test_module_that_raises_on_import_exits_3_and_says_so(cli: Any) -> None:
     assert "not found (looked in" not in log
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_an_import_error_logs_the_apps_traceback(cli: Any, log_format: str) -> None:
+    proc = cli("run", "import_raises:app", *LOOPBACK, "--log-format", log_format)
+    assert proc.wait() == 3
+    if log_format == "json":
+        records = [json.loads(line) for line in proc.lines]  # every line, the last one too
+        final = records[-1]
+        assert final["level"] == "critical"
+        assert final["event"] == "exit"
+        assert final["exit_code"] == 3
+        message, trace = final["message"], final["traceback"]
+    else:
+        log = proc.log()
+        message, trace = log, log[log.index("Traceback (most recent call last):") :]
+    assert "importing module 'import_raises' raised KeyError: 'DATABASE_URL'" in message
+    # The app's frames, with file, line and code; none of the sidecar's or importlib's.
+    assert 'import_raises.py", line 10, in <module>' in trace
+    assert 'DATABASE_URL = setting("DATABASE_URL")' in trace
+    assert 'import_raises.py", line 7, in setting' in trace
+    assert trace.rstrip().endswith("KeyError: 'DATABASE_URL'")
+    assert "importlib" not in trace
+    assert "sidecar/loader.py" not in trace
+
+
 def test_missing_attribute_exits_3(cli: Any) -> None:
     proc = cli("run", "cli_apps:nope", *LOOPBACK)
     assert proc.wait() == 3

@@ -17,8 +17,8 @@ ALERTS = ROOT / "charts" / "lifespan-sidecar" / "files" / "alerts.yaml"
 # Names that belong to PromQL or to Grafana, not to the sidecar.
 _NOT_METRICS = {"by", "le", "sum", "max", "count", "rate", "increase", "histogram_quantile",
                 "job", "instance", "phase", "code", "reason", "method", "unless", "on",
-                "label_values", "vector", "and", "or", "max_over_time", "time", "stage",
-                "namespace", "pod", "container"}  # fmt: skip
+                "label_values", "vector", "and", "or", "max_over_time", "min_over_time",
+                "time", "stage", "namespace", "pod", "container"}  # fmt: skip
 # What kube-state-metrics exports (the crash-loop alert reads it, not the sidecar's series).
 _KUBE_STATE_METRICS = {"kube_pod_container_status_last_terminated_exitcode",
                        "kube_pod_container_status_restarts_total"}  # fmt: skip

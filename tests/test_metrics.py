@@ -13,7 +13,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from sidecar import __version__
 
 from . import apps
-from .conftest import LOOPBACK, ROOT, fetch
+from .conftest import LOOPBACK, ROOT, LogWatch, fetch
 from .metrics_util import scrape_samples
 
 PHASES = ("starting", "ready", "draining", "stopping", "stopped", "failed")
@@ -82,6 +82,36 @@ def test_phase_and_ready_follow_the_drain(run_sidecar: Any) -> None:
     assert value(samples, "sidecar_lifecycle_phase", phase="draining") == 1
     assert value(samples, "sidecar_lifecycle_phase", phase="ready") == 0
     assert value(samples, "sidecar_ready") == 0
+
+
+def test_ready_and_live_are_the_probes_verdicts_not_the_phase(
+    run_sidecar: Any, logs: LogWatch
+) -> None:
+    # A critical readiness check that fails: the phase is still "ready", the pod is not.
+    app = apps.registers(
+        lambda health: health.add_readiness_check(
+            "db", apps.check_fails, interval=0.05, failure_threshold=1
+        )
+    )
+    running = run_sidecar(app)
+    logs.wait_for(r"health check 'db' \(readiness\) failed")
+    assert fetch(running.admin("/readyz")).status == 503
+    samples = scrape_samples(scrape(running)[0])
+    assert value(samples, "sidecar_lifecycle_phase", phase="ready") == 1
+    assert value(samples, "sidecar_ready") == 0
+    assert value(samples, "sidecar_live") == 1
+    assert fetch(running.admin("/livez")).status == 200
+
+
+def test_durations_come_from_a_high_resolution_clock(run_sidecar: Any) -> None:
+    # A loop's cached millisecond clock gave 0.0 for a fast startup.
+    running = run_sidecar(apps.lifespan_app())
+    duration = running.sidecar.metrics.registry.get_sample_value(
+        "sidecar_lifespan_startup_duration_seconds"
+    )
+    assert duration is not None
+    assert 0 < duration < 30
+    assert duration * 1000 != round(duration * 1000)  # finer than milliseconds
 
 
 def test_request_metrics_can_be_turned_off(run_sidecar: Any) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -16,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import LOOPBACK, WAIT, fetch
+from .conftest import LOOPBACK, ROOT, WAIT, fetch, fetch_quietly
 
 
 def _free_port() -> int:
@@ -28,7 +30,9 @@ def _free_port() -> int:
 class Prometheus:
     """A Prometheus server with its own data directory, scraping the given targets."""
 
-    def __init__(self, tmp: Path, targets: dict[str, tuple[str, str]]) -> None:
+    def __init__(
+        self, tmp: Path, targets: dict[str, tuple[str, str]], rule_files: tuple[Path, ...] = ()
+    ) -> None:
         binary = shutil.which("prometheus")
         assert binary, "prometheus is required (Debian package 'prometheus'; .ci/run installs it)"
         self.port = _free_port()
@@ -46,6 +50,7 @@ class Prometheus:
             )
         config = tmp / "prometheus.yml"
         config.write_text(yaml.safe_dump({"global": {"evaluation_interval": "1s"},
+                                          "rule_files": [str(f) for f in rule_files],
                                           "scrape_configs": jobs}))  # fmt: skip
         self.log = (tmp / "prometheus.log").open("w")
         self.proc = subprocess.Popen(
@@ -88,6 +93,30 @@ class Prometheus:
             time.sleep(0.2)
         raise AssertionError(f"{expr} never satisfied the condition; last value {last}")
 
+    def alerts(self) -> list[dict[str, Any]]:
+        """The alerts the server's rules hold now (pending and firing)."""
+        url = f"http://127.0.0.1:{self.port}/api/v1/alerts"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            document = json.load(response)
+        return list(document["data"]["alerts"])
+
+    def wait_for_alert(self, name: str, timeout: float = WAIT, **labels: str) -> dict[str, Any]:
+        """Wait until alert ``name`` with ``labels`` is firing; return it."""
+        deadline = time.monotonic() + timeout
+        seen: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "prometheus exited"
+            try:
+                seen = self.alerts()
+            except OSError:
+                seen = []
+            for alert in seen:
+                wanted = {"alertname": name, **labels}
+                if alert["state"] == "firing" and wanted.items() <= alert["labels"].items():
+                    return alert
+            time.sleep(0.2)
+        raise AssertionError(f"{name}{labels} never fired; alerts: {seen}")
+
     def target_errors(self) -> list[str]:
         url = f"http://127.0.0.1:{self.port}/api/v1/targets"
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -104,8 +133,8 @@ class Prometheus:
 def prometheus(tmp_path: Path) -> Iterator[Any]:
     started: list[Prometheus] = []
 
-    def start(targets: dict[str, tuple[str, str]]) -> Prometheus:
-        server = Prometheus(tmp_path, targets)
+    def start(targets: dict[str, tuple[str, str]], rule_files: tuple[Path, ...] = ()) -> Prometheus:
+        server = Prometheus(tmp_path, targets, rule_files)
         started.append(server)
         return server
 
@@ -160,3 +189,162 @@ def test_startup_failures_are_scraped(cli: Any, prometheus: Any, tmp_path: Path)
     assert by_reason == 2
     proc.signal()
     assert proc.wait() == 0
+
+
+# -- the shipped alerts, fired by a real Prometheus from what it scraped --------------------------
+
+RULES = ROOT / "charts" / "lifespan-sidecar" / "files" / "alerts.yaml"
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def _scaled_rules(tmp: Path) -> Path:
+    """The shipped rules with every ``for:`` divided by 60 (a minute becomes a second).
+
+    Nothing else changes: the expressions, their ranges and the labels are the shipped
+    ones. The scrape and evaluation intervals (1 s) are scaled the same way.
+    """
+    document = yaml.safe_load(RULES.read_text())
+    for group in document["groups"]:
+        for rule in group["rules"]:
+            if "for" in rule:
+                number, unit = int(rule["for"][:-1]), rule["for"][-1]
+                rule["for"] = f"{max(number * _UNITS[unit] // 60, 1)}s"
+    scaled = tmp / "alerts.yaml"
+    scaled.write_text(yaml.safe_dump(document))
+    return scaled
+
+
+class Pod:
+    """One pod's sidecar container as the kubelet runs it: restarted whenever it exits.
+
+    Every container of the pod shares the admin port (the target Prometheus scrapes)
+    and the state directory (the pod's emptyDir).
+    """
+
+    def __init__(self, cli: Any, tmp: Path, name: str, app: str, *flags: str) -> None:
+        self.admin_port = _free_port()
+        self.state_dir = tmp / f"state-{name}"
+        self.state_dir.mkdir()
+        self._cli, self._app, self._flags = cli, app, flags
+        self._stopped = threading.Event()
+        self._exited = threading.Condition()
+        self.exit_codes: list[int] = []
+        self.current: Any = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.admin_port}"
+
+    def start(self) -> Pod:
+        self._thread.start()
+        return self
+
+    def start_container(self) -> Any:
+        return self._cli(
+            "run", self._app, "--host", "127.0.0.1", "--port", "0",
+            "--admin-host", "127.0.0.1", "--admin-port", str(self.admin_port),
+            "--drain-delay", "0", *self._flags,
+            env={
+                "SIDECAR_LIFESPAN_STATE_DIR": str(self.state_dir),
+                "SIDECAR_LIFESPAN_FAILURE_LINGER": "3",
+            },
+        )  # fmt: skip
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            self.current = self.start_container()
+            code = self.current.wait(timeout=120)
+            with self._exited:
+                self.exit_codes.append(code)
+                self._exited.notify_all()
+
+    def wait_exits(self, count: int) -> list[int]:
+        """Wait until ``count`` containers have exited; return their exit codes."""
+        with self._exited:
+            assert self._exited.wait_for(lambda: len(self.exit_codes) >= count, WAIT)
+            return list(self.exit_codes)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self.current is not None:
+            self.current.kill()
+        self._thread.join(30)
+
+
+def test_startup_failure_alerts_fire_from_what_prometheus_scraped(
+    cli: Any, prometheus: Any, tmp_path: Path
+) -> None:
+    failing = {
+        "import": Pod(cli, tmp_path, "import", "broken_import:app"),
+        "failed": Pod(cli, tmp_path, "failed", "cli_apps:fails_startup"),
+        "timeout": Pod(
+            cli, tmp_path, "timeout", "cli_apps:hangs_in_startup", "--startup-timeout", "0.5"
+        ),
+    }
+    healthy = cli("run", "cli_apps:slow_startup", *LOOPBACK, "--drain-delay", "0")
+    healthy.wait_serving()
+    # A container that stops cleanly and is started again: no failure to alert on.
+    restarted = Pod(cli, tmp_path, "restarted", "cli_apps:slow_startup")
+    first = restarted.start_container()
+    first.wait_serving()
+    targets = {job: (pod.target, "text") for job, pod in failing.items()}
+    targets["healthy"] = (healthy.admin_url.removeprefix("http://"), "text")
+    targets["restarted"] = (restarted.target, "text")
+    server = prometheus(targets, (_scaled_rules(tmp_path),))
+    server.wait_for('up{job="restarted"}', lambda v: v == 1)
+    first.signal()
+    assert first.wait() == 0
+    second = restarted.start_container()
+    second.wait_serving()
+    for pod in failing.values():
+        pod.start()
+    try:
+        for reason in failing:
+            alert = server.wait_for_alert("SidecarStartupFailing", job=reason, reason=reason)
+            assert alert["labels"]["severity"] == "warning"
+            assert f'reason "{reason}"' in alert["annotations"]["description"]
+        # A crash loop: each failing pod goes through container after container, each
+        # exiting 3, and the alert holds across the restarts.
+        for pod in failing.values():
+            assert set(pod.wait_exits(2)) == {3}
+        for reason in failing:
+            server.wait_for_alert("SidecarStartupFailing", job=reason, reason=reason)
+        for job in ("healthy", "restarted"):
+            server.wait_for(f'sidecar_ready{{job="{job}"}}', lambda v: v == 1)
+            noisy = [a for a in server.alerts() if a["labels"].get("job") == job]
+            assert noisy == [], noisy
+    finally:
+        for pod in failing.values():
+            pod.stop()
+    second.signal()
+    assert second.wait() == 0
+
+
+def test_requests_cut_at_the_drain_deadline_fire_their_alert(
+    cli: Any, prometheus: Any, tmp_path: Path
+) -> None:
+    cut = Pod(
+        cli, tmp_path, "cut", "cli_apps:never_lets_go",
+        "--graceful-timeout", "0.5", "--shutdown-timeout", "0.5",
+    )  # fmt: skip
+    clean = Pod(cli, tmp_path, "clean", "cli_apps:slow_startup")
+    containers = {"cut": cut.start_container(), "clean": clean.start_container()}
+    for container in containers.values():
+        container.wait_serving()
+    server = prometheus(
+        {"cut": (cut.target, "text"), "clean": (clean.target, "text")}, (_scaled_rules(tmp_path),)
+    )
+    for job in containers:
+        server.wait_for(f'sidecar_http_requests_aborted_total{{job="{job}"}}', lambda v: v == 0)
+    app_url = containers["cut"].app_url
+    threading.Thread(target=fetch_quietly, args=(app_url + "/hang",), daemon=True).start()
+    containers["cut"].wait_line("hang began")
+    for container in containers.values():
+        container.signal()
+    containers["cut"].wait_line(re.escape("1 request(s) were cut; the admin port stays up"))
+    alert = server.wait_for_alert("SidecarRequestsAbortedDuringDrain", job="cut")
+    assert alert["annotations"]["summary"].endswith("cut 1 request(s) at shutdown")
+    assert containers["cut"].wait() == 0
+    assert containers["clean"].wait() == 0
+    assert [a for a in server.alerts() if a["labels"].get("job") == "clean"] == []

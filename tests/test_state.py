@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import threading
+import time
+
 import pytest
 
 from sidecar.admin import render_checks
@@ -79,3 +83,37 @@ def test_stopping_and_stopped_fail_readiness_but_not_liveness() -> None:
         assert ready["draining"].message == f"shutting down (phase {phase.value})"
         assert all(c.ok for c in lifecycle.liveness_checks())
         assert all(c.ok for c in lifecycle.startup_checks())
+
+
+def test_listeners_hear_of_transitions_in_the_order_they_happened() -> None:
+    # /prestop on the admin thread and a stop on the app loop race; whoever moved the
+    # phase first must be reported first, or the last reported phase is a stale one.
+    for _ in range(200):
+        lifecycle = Lifecycle(drain_delay=5.0)
+        lifecycle.mark_started()
+        heard: list[Transition] = []
+        gate = threading.Barrier(2)
+
+        def listener(change: Transition, heard: list[Transition] = heard) -> None:
+            if change.phase is Phase.DRAINING:
+                time.sleep(0.0005)  # a slow listener widens the window a race needs
+            heard.append(change)
+
+        lifecycle.subscribe(listener)
+
+        def drain(lifecycle: Lifecycle = lifecycle, gate: threading.Barrier = gate) -> None:
+            gate.wait()
+            lifecycle.begin_drain()
+
+        thread = threading.Thread(target=drain)
+        thread.start()
+        gate.wait()
+        # Stop right after the drain moved the phase, while its listener still runs.
+        deadline = time.monotonic() + 10
+        while lifecycle.phase is not Phase.DRAINING and time.monotonic() < deadline:
+            pass
+        lifecycle.transition(Phase.STOPPING)
+        thread.join()
+        for before, after in itertools.pairwise(heard):
+            assert after.previous is before.phase, heard
+        assert heard[-1].phase is lifecycle.phase
