@@ -270,6 +270,16 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
 
+    def to_document(self) -> dict[str, dict[str, Any]]:
+        """The whole configuration as plain data that ``load_config(document=)`` reads.
+
+        Unlike ``to_dict`` it keeps secrets: it is for handing the configuration to
+        another process of the sidecar, never for printing.
+        """
+        document = dataclasses.asdict(self)
+        document["health"]["checks"] = [_check_to_dict(c) for c in self.health.checks]
+        return document
+
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Return the configuration as plain nested dicts (for YAML output).
 

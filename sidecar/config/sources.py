@@ -269,6 +269,13 @@ def _file_layer(path: Path, problems: list[str]) -> _Layer:
     except yaml.YAMLError as exc:
         problems.append(f"{path}: not valid YAML: {exc}")
         return layer
+    return _document_layer(data, str(path), problems)
+
+
+def _document_layer(data: Any, source: str, problems: list[str]) -> _Layer:
+    """The values of a configuration document (a file's YAML, or a mapping given whole)."""
+    layer = _Layer(source, problems)
+    path = source
     if data is None:
         return layer
     if not isinstance(data, dict):
@@ -484,14 +491,19 @@ def load_config(
     *,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    document: Mapping[str, Any] | None = None,
 ) -> Config:
     """Build the effective configuration; raise ``ConfigError`` listing every problem.
 
     ``overrides`` maps key paths (``"server.port"``) to flag values; ``None`` means unset.
     The environment is passed in, never read here, so callers and tests control it.
+    ``document`` is a whole configuration as a mapping (what ``Config.to_document``
+    gives), read like a file.
     """
     problems: list[str] = []
     layers = []
+    if document is not None:
+        layers.append(_document_layer(dict(document), "the supervisor's config", problems))
     if path is not None:
         layers.append(_file_layer(Path(path), problems))
     layers.append(_env_layer(env or {}, problems))
