@@ -314,17 +314,23 @@ class CliProcess:
         env: dict[str, str] | None = None,
         cwd: Path = TESTS,
         module: str = "sidecar",
+        stdin: int = subprocess.DEVNULL,
+        pass_fds: tuple[int, ...] = (),
     ):
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
         full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS)])
         full_env.update(env or {})
+        # stdin is not the terminal pytest may run in unless a test asks for one: a
+        # sidecar on a terminal stops sooner on SIGINT.
         self.proc = subprocess.Popen(
             [sys.executable, "-m", module, *args],
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=cwd,
             env=full_env,
             text=True,
+            pass_fds=pass_fds,
         )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -403,8 +409,17 @@ def cli() -> Iterator[Any]:
     """Start ``python -m sidecar`` (or ``module=``) subprocesses; killed at teardown if up."""
     procs: list[CliProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, module: str = "sidecar") -> CliProcess:
-        proc = CliProcess(list(args), env=env, module=module)
+    def start(
+        *args: str,
+        env: dict[str, str] | None = None,
+        module: str = "sidecar",
+        cwd: Path = TESTS,
+        stdin: int = subprocess.DEVNULL,
+        pass_fds: tuple[int, ...] = (),
+    ) -> CliProcess:
+        proc = CliProcess(
+            list(args), env=env, module=module, cwd=cwd, stdin=stdin, pass_fds=pass_fds
+        )
         procs.append(proc)
         return proc
 

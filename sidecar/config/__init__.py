@@ -5,6 +5,8 @@ the values.
 
 from ..errors import ConfigError
 from .schema import (
+    ACCESS_LOG_FIELDS,
+    ACCESS_LOG_TEXT_FIELDS,
     ENV_PREFIX,
     SECTIONS,
     AdminConfig,
@@ -16,6 +18,7 @@ from .schema import (
     LifespanConfig,
     LoggingConfig,
     MetricsConfig,
+    ReloadConfig,
     ServerConfig,
     ShutdownConfig,
     check_key_specs,
@@ -24,6 +27,8 @@ from .schema import (
 from .sources import check_settings, dump_config, load_config, require_target
 
 __all__ = [
+    "ACCESS_LOG_FIELDS",
+    "ACCESS_LOG_TEXT_FIELDS",
     "ENV_PREFIX",
     "SECTIONS",
     "AdminConfig",
@@ -36,6 +41,7 @@ __all__ = [
     "LifespanConfig",
     "LoggingConfig",
     "MetricsConfig",
+    "ReloadConfig",
     "ServerConfig",
     "ShutdownConfig",
     "check_key_specs",

@@ -15,9 +15,12 @@ deadline on the loop's clock that the runner computed once: ``end_streams``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import socket
 import ssl
+import stat
 import time
 from typing import Any
 
@@ -92,6 +95,8 @@ class AppServer:
         self._ending_streams = False
         self._websocket_close_code = websocket_close_code
         self.address: tuple[str, int] | None = None
+        #: Where the app port listens, for people: ``http://host:port`` or ``unix:path``.
+        self.url = "http://?"
         #: Requests still running at the graceful deadline, cut by ``cut()``.
         self.aborted = 0
 
@@ -141,9 +146,21 @@ class AppServer:
         return self._connections
 
     async def start(self) -> None:
-        """Bind the listening socket; raise ``BindError`` when that is impossible."""
+        """Listen on the app port; raise ``BindError`` when that is impossible.
+
+        The port is ``server.host``/``server.port``, or a Unix domain socket
+        (``server.uds``), or a socket bound by whoever started the process (``server.fd``).
+        """
+        config = self._config
+        if config.uds:
+            await self._start_unix(config.uds)
+        elif config.fd >= 0:
+            await self._start_inherited(config.fd)
+        else:
+            await self._start_tcp(config.host, config.port)
+
+    async def _start_tcp(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        host, port = self._config.host, self._config.port
         try:
             self._server = await loop.create_server(
                 self.connection_factory(),
@@ -158,9 +175,65 @@ class AppServer:
                 f"cannot bind the app port {host}:{port} (server.host/server.port): "
                 f"{exc.strerror or exc}"
             ) from exc
-        sock: socket.socket = self._server.sockets[0]
+        self._bound(self._server.sockets[0])
+
+    async def _start_unix(self, path: str) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISSOCK(os.stat(path).st_mode):
+                raise BindError(
+                    f"cannot bind the app socket {path!r} (server.uds): the path exists and "
+                    "is not a socket"
+                )
+        try:
+            # asyncio replaces a stale socket file left by an earlier process.
+            self._server = await loop.create_unix_server(
+                self.connection_factory(),
+                path,
+                backlog=self._config.backlog,
+                ssl=self._tls_context(),
+            )
+        except OSError as exc:
+            raise BindError(
+                f"cannot bind the app socket {path!r} (server.uds): {exc.strerror or exc}"
+            ) from exc
+        self.url = f"unix:{path}"
+
+    async def _start_inherited(self, fd: int) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            raise BindError(
+                f"cannot use file descriptor {fd} as the app port (server.fd): "
+                f"{exc.strerror or exc}"
+            ) from exc
+        if sock.type != socket.SOCK_STREAM:
+            sock.detach()
+            raise BindError(
+                f"cannot use file descriptor {fd} as the app port (server.fd): not a stream "
+                "socket; expected a bound TCP or Unix socket"
+            )
+        try:
+            sock.listen(self._config.backlog)  # a no-op for a socket already listening
+            self._server = await loop.create_server(
+                self.connection_factory(), sock=sock, backlog=self._config.backlog,
+                ssl=self._tls_context(),
+            )  # fmt: skip
+        except OSError as exc:
+            raise BindError(
+                f"cannot serve on file descriptor {fd} (server.fd): {exc.strerror or exc}"
+            ) from exc
+        if sock.family == socket.AF_UNIX:
+            self.url = f"unix:{sock.getsockname()} (fd {fd})"
+        else:
+            self._bound(sock, f" (fd {fd})")
+
+    def _bound(self, sock: socket.socket, note: str = "") -> None:
         bound = sock.getsockname()
         self.address = (bound[0], bound[1])
+        host, port = self.address
+        self.url = (f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}") + note
 
     def _tls_context(self) -> ssl.SSLContext | None:
         config = self._config
@@ -462,6 +535,12 @@ class AppServer:
         self._closing = True
         if self._server is not None:
             self._server.close()
+        uds = self._config.uds
+        if uds and self.url.startswith("unix:"):
+            # Our own socket file; asyncio leaves it behind.
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.stat(uds).st_mode):
+                    os.unlink(uds)
         if self._connections is not None:
             self._connections.close_all()
         if self._ws_server is not None:
