@@ -91,6 +91,8 @@ class Sidecar:
             phases=[phase.value for phase in Phase],
             registry=registry,
             process_collectors=process_collectors,
+            max_routes=config.metrics.max_routes,
+            request_metric_names=config.metrics.names,
         )
         self.metrics.set_phase(Phase.STARTING.value, ready=False)
         self.lifecycle.subscribe(self._on_transition)
@@ -362,6 +364,7 @@ class Sidecar:
             driver.state,
             metrics=self.metrics if config.metrics.requests else None,
             access_log=config.logging.access_log,
+            access_log_format=config.logging.access_log_format,
             websocket_close_code=config.shutdown.websocket_close_code,
         )
         self.app_server = server

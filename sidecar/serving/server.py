@@ -28,10 +28,12 @@ from aiohttp import web
 
 from ..aio import first_of
 from ..config import ServerConfig
+from ..config.schema import ACCESS_LOG_FORMAT
 from ..errors import BindError, ConfigError
 from ..metrics import Metrics
 from ..types import ASGIApp
 from ._aiohttp import EMPTY_PAYLOAD, AsgiRequest, finished, websocket_server
+from .access import REQUEST_ID_HEADER, UNMATCHED, AccessLog, access_record, request_id, route_of
 from .connection import Connections, ConnectionSettings, address
 from .exchange import ClientDisconnected, HttpExchange
 from .response import RETRY_AFTER
@@ -58,12 +60,14 @@ class AppServer:
         *,
         metrics: Metrics | None = None,
         access_log: bool = False,
+        access_log_format: str = ACCESS_LOG_FORMAT,
         websocket_close_code: int,
     ) -> None:
         self._config = config
         self._app = app
         self._stats = metrics.requests if metrics is not None else None
-        self._access_log = access_log
+        self._root_path = config.root_path
+        self._access = AccessLog(access_logger, access_log_format) if access_log else None
         # Bound once: a bound method built per request shows up in the request path.
         self._on_complete = self._completed if access_log or self._stats is not None else None
         self._on_end = self._ended
@@ -262,6 +266,13 @@ class AppServer:
         """
         if self._closing:
             exchange.close_connection()
+        generated: bytes | None = None
+        if self._access is not None:
+            # Every logged request has an id, and its response tells the client which.
+            value, made = request_id(exchange.message.headers.get("X-Request-Id"))
+            exchange.set_request_id(value)
+            if made:
+                generated = value.encode("ascii")
         limit = self._max_in_flight
         if (
             over_cap
@@ -280,6 +291,9 @@ class AppServer:
             logger.exception("cannot build the scope of %s %s", message.method, message.path)
             self._refuse(exchange, 500, close=True)
             return
+        if generated is not None:
+            # The app sees the id the access log and the client see.
+            scope["headers"].append((REQUEST_ID_HEADER, generated))
         if self._ending_streams:
             exchange.end_listening()
         active = self._active
@@ -349,9 +363,9 @@ class AppServer:
     ) -> None:
         """Answer for the app and count it; refused requests are in the access log too."""
         if self._stats is not None:
-            self._stats.observe(exchange.message.method, status, 0.0)
+            self._stats.observe(exchange.message.method, UNMATCHED, status, 0.0)
         exchange.fail(status, headers, close=close)
-        if self._access_log:
+        if self._access is not None:
             self._log_access(exchange, status, time.perf_counter() - exchange.started_at)
 
     def _completed(self, exchange: HttpExchange) -> None:
@@ -366,21 +380,31 @@ class AppServer:
         stats = self._stats
         if stats is not None:
             stats.in_flight -= 1
-            stats.observe(exchange.message.method, status, elapsed)
-        if self._access_log:
+            stats.observe(
+                exchange.message.method, route_of(exchange.scope, self._root_path), status, elapsed
+            )
+        if self._access is not None:
             self._log_access(exchange, status, elapsed)
 
     def _log_access(self, exchange: HttpExchange, status: int, elapsed: float) -> None:
-        client = exchange.client
+        access = self._access
+        if access is None:  # pragma: no cover - called only with the access log on
+            return
         message = exchange.message
-        access_logger.info(
-            '%s - "%s %s HTTP/%s" %d %.1fms',
-            client[0] if client is not None else "-",
-            message.method,
-            message.path,
-            exchange.version,
-            status,
-            elapsed * 1000,
+        access.write(
+            access_record(
+                method=message.method,
+                target=message.path,
+                version=exchange.version,
+                headers=message.headers,
+                scope=exchange.scope,
+                client=exchange.client,
+                status=status,
+                seconds=elapsed,
+                sent=exchange.bytes_sent,
+                request_id=exchange.request_id,
+                root_path=self._root_path,
+            )
         )
 
     # -- WebSockets ---------------------------------------------------------------------
