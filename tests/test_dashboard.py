@@ -17,7 +17,7 @@ ALERTS = ROOT / "charts" / "lifespan-sidecar" / "files" / "alerts.yaml"
 # Names that belong to PromQL or to Grafana, not to the sidecar.
 _NOT_METRICS = {"by", "le", "sum", "max", "count", "rate", "increase", "histogram_quantile",
                 "job", "instance", "phase", "code", "reason", "method", "unless", "on",
-                "label_values", "vector", "and", "or"}  # fmt: skip
+                "label_values", "vector", "and", "or", "route", "status_class", "topk"}  # fmt: skip
 
 
 def _metric_names(expr: str) -> set[str]:
@@ -34,6 +34,7 @@ def _exported(running: Any) -> set[str]:
     # traffic, so that labelled families have samples to show
     fetch(running.app("/"))
     fetch(running.app("/"), "POST", body=b"x")
+    fetch(running.app("/items/1"))
     return {name for name, _ in scrape_samples(fetch(running.admin("/metrics")).text)}
 
 
@@ -45,7 +46,7 @@ def _queries() -> list[str]:
 
 
 def test_every_dashboard_query_uses_exported_metrics(run_sidecar: Any) -> None:
-    running = run_sidecar(apps.http_only)
+    running = run_sidecar(apps.routed)
     exported = _exported(running)
     queries = _queries()
     assert len(queries) >= 10
@@ -54,7 +55,7 @@ def test_every_dashboard_query_uses_exported_metrics(run_sidecar: Any) -> None:
 
 
 def test_every_alert_uses_exported_metrics(run_sidecar: Any) -> None:
-    running = run_sidecar(apps.http_only)
+    running = run_sidecar(apps.routed)
     exported = _exported(running)
     rules = [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
     missing = {name for rule in rules for name in _metric_names(rule["expr"])} - exported
@@ -66,5 +67,16 @@ def test_dashboard_shows_what_operators_need() -> None:
     for needed in ("Lifecycle phase per pod", "Startup duration", "Startup failures",
                    "Ready pods", "Request rate by status", "Latency percentiles",
                    "Requests in flight", "Event-loop lag", "Drain duration",
-                   "Requests cut at shutdown"):  # fmt: skip
+                   "Requests cut at shutdown", "Request rate by route", "p99 latency by route",
+                   "5xx ratio by route"):  # fmt: skip
         assert needed in titles
+
+
+def test_request_panels_follow_the_route_variable() -> None:
+    document = json.loads(DASHBOARD.read_text())
+    names = [variable["name"] for variable in document["templating"]["list"]]
+    assert "route" in names
+    panels = [t["expr"] for panel in document["panels"] for t in panel.get("targets", [])]
+    for expr in panels:
+        if "sidecar_http_request" in expr and "in_flight" not in expr and "aborted" not in expr:
+            assert 'route=~"$route"' in expr, expr
