@@ -589,3 +589,35 @@ def test_sigint_without_a_terminal_drains_as_sigterm_does(cli: Any) -> None:
     proc.wait_line("draining: serving for")
     assert proc.wait() == 0
     assert "from a terminal" not in proc.log()
+
+
+# -- the README's commands ---------------------------------------------------------------
+
+
+def readme_command(marker: str) -> list[str]:
+    """The arguments of the README's ``sidecar run`` line that contains ``marker``."""
+    readme = (ROOT / "README.md").read_text()
+    line = next(
+        line for line in readme.splitlines() if line.startswith("sidecar run") and marker in line
+    )
+    return line.split()[1:]
+
+
+def test_readme_uvicorn_style_command(cli: Any) -> None:
+    args = readme_command("--timeout-graceful-shutdown")
+    proc = cli(*args, *LOOPBACK, "--drain-delay", "0")  # loopback and free ports win
+    proc.wait_serving()
+    assert fetch(proc.app_url + "/").json()["greeting"] == "hello from the demo app"
+    proc.wait_line(r'sidecar.access: 127\.0\.0\.1:\d+ - "GET / HTTP/1.1" 200 OK')
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0
+
+
+def test_readme_reload_command(cli: Any, tmp_path: Path) -> None:
+    args = readme_command("--reload")
+    proc = cli(*args, *LOOPBACK, cwd=tmp_path)
+    proc.wait_line("reload: watching")
+    proc.wait_serving()
+    assert fetch(proc.app_url + "/").json()["greeting"] == "hello from the demo app"
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0
