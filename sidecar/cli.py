@@ -410,7 +410,13 @@ def check_config_command(**kwargs: Any) -> None:
 @main.command("prestop")
 @click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML config file (for admin.port).")  # fmt: skip
-@click.option("--admin-port", "admin_port", type=str, default=None, help="[admin.port]")
+@click.option(
+    "--admin-port",
+    "admin_port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="The local sidecar's admin port [admin.port; default: 8081].",
+)
 @click.option(
     "--timeout",
     "timeout",
@@ -418,7 +424,7 @@ def check_config_command(**kwargs: Any) -> None:
     default=None,
     help="Seconds to wait for the answer [default: shutdown.drain_delay + 5].",
 )
-def prestop_command(config_path: str | None, admin_port: str | None, timeout: float | None) -> None:
+def prestop_command(config_path: str | None, admin_port: int | None, timeout: float | None) -> None:
     """Drain the local sidecar before SIGTERM (for an `exec` preStop hook).
 
     Calls /prestop on the admin port over loopback and returns when the drain delay has

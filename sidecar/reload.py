@@ -187,9 +187,13 @@ class Reloader:
 
     def _start(self) -> None:
         read, write = os.pipe()
+        # A listening socket the parent inherited (server.fd) is every child's app port.
+        inherited = (self._config.server.fd,) if self._config.server.fd >= 0 else ()
         try:
             child = subprocess.Popen(
-                [*self._command, "--config-fd", str(read)], pass_fds=(read,), close_fds=True
+                [*self._command, "--config-fd", str(read)],
+                pass_fds=(read, *inherited),
+                close_fds=True,
             )
         finally:
             os.close(read)

@@ -12,7 +12,8 @@ Only this module knows every part. The order of a run:
 4. on SIGTERM/SIGINT (or the injected trigger) the shutdown order below, owned here
    (``_stop_serving``): not ready, keep serving for what is left of the drain delay,
    end streams, close the listener, let in-flight requests finish, cut what is left;
-   a second signal skips what is left of the waits;
+   a second signal skips what is left of the waits, and a first SIGINT from a terminal
+   (Ctrl-C: a person waits, no load balancer routes here) skips the drain delay only;
 5. the checks stop, then lifespan shutdown, always, once startup completed;
 6. the heartbeat stops, the admin port goes down.
 

@@ -406,6 +406,15 @@ def test_uvicorn_flags_without_a_meaning_here_fail_saying_what_to_use(flag: str)
     assert f"Error: {flag} is not supported: {instead}" in result.output
 
 
+def test_a_refused_flag_exits_2_from_the_real_command(cli: Any) -> None:
+    proc = cli("run", "cli_apps:slow_startup", *LOOPBACK, "--http", "httptools")
+    assert proc.wait() == 2
+    assert "Error: --http is not supported: the app port is the sidecar's own HTTP/1.1" in (
+        proc.log()
+    )
+    assert "admin endpoints on" not in proc.log()
+
+
 def test_log_config_says_which_flags_to_use() -> None:
     result = CliRunner().invoke(main, ["run", "app:app", "--log-config", "log.yaml"])
     assert result.exit_code == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -161,3 +162,25 @@ def test_the_child_serves_without_reload_and_without_a_drain_delay() -> None:
 def test_change_filter(path: str, restarts: bool) -> None:
     changes = ChangeFilter(["*.py"], [".*", ".py[cod]", ".sw.*", "~*", "tests/*"])
     assert changes(None, path) is restarts
+
+
+def test_every_child_serves_the_socket_the_parent_inherited(cli: Any, tmp_path: Path) -> None:
+    write_app(tmp_path, "first")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port, fd = listener.getsockname()[1], listener.fileno()
+        proc = cli(
+            "run", "reloading_app:app", "--reload", *LOOPBACK, "--fd", str(fd),
+            "--app-dir", str(tmp_path), "--reload-dir", str(tmp_path), "--reload-delay", "0.05",
+            cwd=tmp_path, pass_fds=(fd,),
+        )  # fmt: skip
+        proc.wait_line(rf"serving the app on http://127.0.0.1:{port} \(fd {fd}\)")
+        proc.wait_line("phase starting -> ready")
+        assert fetch(f"http://127.0.0.1:{port}/").text == "first"
+        write_app(tmp_path, "second")
+        proc.wait_line(rf"serving the app on http://127.0.0.1:{port} \(fd {fd}\)", count=2)
+        proc.wait_line("phase starting -> ready", count=2)
+        assert fetch(f"http://127.0.0.1:{port}/").text == "second"
+        proc.signal(signal.SIGTERM)
+        assert proc.wait() == 0

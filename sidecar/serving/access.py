@@ -143,7 +143,10 @@ class AccessLog:
         self._format = line_format
 
     def write(self, record: dict[str, Any]) -> None:
-        line = self._format % record
+        # In the text line an unknown value is "-", as in uvicorn's and common log lines.
+        line = self._format % {
+            key: "-" if value is None else value for key, value in record.items()
+        }
         fields = {key: record[key] for key in _JSON_FIELDS}
         self._logger.info("%s", line, extra=fields)
 

@@ -219,11 +219,14 @@ class AppServer:
                 "socket; expected a bound TCP or Unix socket"
             )
         try:
-            sock.listen(self._config.backlog)  # a no-op for a socket already listening
+            # Listens if the parent only bound it; on a listening socket it sets the backlog.
+            sock.listen(self._config.backlog)
             self._server = await loop.create_server(
-                self.connection_factory(), sock=sock, backlog=self._config.backlog,
+                self.connection_factory(),
+                sock=sock,
+                backlog=self._config.backlog,
                 ssl=self._tls_context(),
-            )  # fmt: skip
+            )
         except OSError as exc:
             raise BindError(
                 f"cannot serve on file descriptor {fd} (server.fd): {exc.strerror or exc}"

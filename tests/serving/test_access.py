@@ -197,6 +197,20 @@ def test_text_access_log_format_is_configurable(cli: Any) -> None:
     assert proc.wait() == 0
 
 
+def test_unknown_values_are_a_dash_in_the_text_line(run_sidecar: Any, logs: LogWatch) -> None:
+    running = run_sidecar(
+        apps.routed,
+        logging__access_log=True,
+        logging__access_log_format="ua=%(user_agent)s trace=%(trace_id)s route=%(route)s",
+    )
+    fetch(running.app("/nowhere"))  # http.client sends no User-Agent
+    logs.wait_for("^ua=")
+    (record,) = access_records(logs)
+    assert record.getMessage() == "ua=- trace=- route=unmatched"
+    assert record.user_agent is None
+    assert record.trace_id is None  # JSON keeps null
+
+
 def test_a_bad_access_log_format_is_a_configuration_error(tmp_path: Path) -> None:
     from sidecar.config import ConfigError, load_config
 
