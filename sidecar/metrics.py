@@ -103,23 +103,27 @@ class RequestStats(Collector):
         self._bounds = tuple(buckets)
         self._names = names
         self._max_routes = max_routes
-        # (method, route, status) -> [observations per bucket (the last is +Inf)..., sum]
-        self._records: dict[tuple[str, str, int], list[float]] = {}
+        # method -> route -> status -> [observations per bucket (the last is +Inf)..., sum]
+        self._records: dict[str, dict[str, dict[int, list[float]]]] = {}
         # route as the app names it -> its label (itself, or the overflow label)
         self._routes: dict[str, str] = {UNMATCHED_ROUTE: UNMATCHED_ROUTE}
         self._distinct = 0
         self.in_flight = 0
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        if method not in KNOWN_METHODS:
-            method = "other"
         label = self._routes.get(route)
         if label is None:
             label = self._add_route(route)
-        key = (method, label, status)
-        record = self._records.get(key)
+        # Nested dicts of strings and ints: cheaper to look up than a tuple key. Only
+        # standard methods and "other" are keys, so another method takes the slow path.
+        record = None
+        by_route = self._records.get(method)
+        if by_route is not None:
+            codes = by_route.get(label)
+            if codes is not None:
+                record = codes.get(status)
         if record is None:
-            record = self._add(key)
+            record = self._add(method, label, status)
         record[bisect_left(self._bounds, seconds)] += 1
         record[-1] += seconds
 
@@ -137,14 +141,27 @@ class RequestStats(Collector):
         self._routes = {**self._routes, route: label}
         return label
 
-    def _add(self, key: tuple[str, str, int]) -> list[float]:
+    def _add(self, method: str, route: str, status: int) -> list[float]:
+        if method not in KNOWN_METHODS:
+            method = "other"
+        by_route = self._records.get(method, {})
+        existing = by_route.get(route, {}).get(status)
+        if existing is not None:  # a method counted as other
+            return existing
         record = [0.0] * (len(self._bounds) + 2)
-        # A new dict, swapped in whole: a scrape iterating a copy never sees it grow.
-        self._records = {**self._records, key: record}
+        # New dicts along the path, swapped in whole: a scrape iterating a snapshot never
+        # sees one grow.
+        codes = {**by_route.get(route, {}), status: record}
+        self._records = {**self._records, method: {**by_route, route: codes}}
         return record
 
     def _snapshot(self) -> list[tuple[tuple[str, str, int], list[float]]]:
-        return [(key, list(record)) for key, record in sorted(self._records.items())]
+        return sorted(
+            ((method, route, status), list(record))
+            for method, by_route in self._records.items()
+            for route, codes in by_route.items()
+            for status, record in codes.items()
+        )
 
     def collect(self) -> Iterable[Metric]:
         snapshot = self._snapshot()

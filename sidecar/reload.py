@@ -206,7 +206,9 @@ class Reloader:
 
     def _report_exit(self, child: subprocess.Popen[bytes]) -> None:
         code = child.wait()
-        if child is self._child and not self._restarting and not self._stop.is_set():
+        # A clean exit is a stop someone asked for: Ctrl-C reaches the child a moment
+        # before this process's handler runs, so it is no news.
+        if code != 0 and child is self._child and not self._restarting and not self._stop.is_set():
             logger.warning(
                 "reload: the app exited with code %d; it restarts on the next change",
                 _exit_code(code),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import pty
 import signal
 import socket
 import subprocess
@@ -570,18 +569,12 @@ def test_fd_that_is_not_a_socket_fails_clearly(cli: Any, tmp_path: Path) -> None
 # -- Ctrl-C at a terminal ---------------------------------------------------------------
 
 
-def test_sigint_from_a_terminal_skips_the_drain_delay(cli: Any) -> None:
-    primary, secondary = pty.openpty()
-    try:
-        proc = cli("run", "cli_apps:slow_startup", *LOOPBACK, "--drain-delay", "60",
-                   stdin=secondary)  # fmt: skip
-        proc.wait_serving()
-        began = time.monotonic()
-        proc.signal(signal.SIGINT)
-        assert proc.wait() == 0
-    finally:
-        os.close(primary)
-        os.close(secondary)
+def test_ctrl_c_at_a_terminal_skips_the_drain_delay(cli: Any) -> None:
+    proc = cli("run", "cli_apps:slow_startup", *LOOPBACK, "--drain-delay", "60", terminal=True)
+    proc.wait_serving()
+    began = time.monotonic()
+    proc.press_ctrl_c()
+    assert proc.wait() == 0
     assert time.monotonic() - began < 10
     log = proc.log()
     assert (
@@ -589,6 +582,15 @@ def test_sigint_from_a_terminal_skips_the_drain_delay(cli: Any) -> None:
         "to wait for); in-flight requests still finish" in log
     )
     assert "lifespan shutdown complete" in log
+
+
+def test_sigterm_at_a_terminal_still_drains(cli: Any) -> None:
+    proc = cli("run", "cli_apps:slow_startup", *LOOPBACK, "--drain-delay", "0.5", terminal=True)
+    proc.wait_serving()
+    proc.signal(signal.SIGTERM)
+    proc.wait_line("draining: serving for")
+    assert proc.wait() == 0
+    assert "from a terminal" not in proc.log()
 
 
 def test_sigint_without_a_terminal_drains_as_sigterm_does(cli: Any) -> None:

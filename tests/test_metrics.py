@@ -203,6 +203,8 @@ def test_routes_label_requests_and_are_capped() -> None:
     stats.observe("GET", "/third", 200, 0.001)  # past the cap
     stats.observe("GET", "/fourth", 200, 0.001)
     stats.observe("GET", "unmatched", 404, 0.001)  # never counts towards the cap
+    stats.observe("BREW", "/items", 201, 0.001)  # a method the client made up
+    stats.observe("PROPFIND", "/items", 201, 0.001)
     found = families(stats)
     counts = {
         (s.labels["method"], s.labels["route"], s.labels["code"]): s.value
@@ -214,24 +216,27 @@ def test_routes_label_requests_and_are_capped() -> None:
         ("POST", "/items", "201"): 1,
         ("GET", "other", "200"): 2,
         ("GET", "unmatched", "404"): 1,
+        ("other", "/items", "201"): 2,
     }
     histogram = found["sidecar_http_request_duration_seconds"]
     count = {
-        (s.labels["route"], s.labels["status_class"]): s.value
+        (s.labels["method"], s.labels["route"], s.labels["status_class"]): s.value
         for s in histogram.samples
         if s.name.endswith("_count")
     }
     assert count == {
-        ("/users/{id}", "2xx"): 1,
-        ("/users/{id}", "4xx"): 1,
-        ("/items", "2xx"): 1,
-        ("other", "2xx"): 2,
-        ("unmatched", "4xx"): 1,
+        ("GET", "/users/{id}", "2xx"): 1,
+        ("GET", "/users/{id}", "4xx"): 1,
+        ("POST", "/items", "2xx"): 1,
+        ("GET", "other", "2xx"): 2,
+        ("GET", "unmatched", "4xx"): 1,
+        ("other", "/items", "2xx"): 2,
     }
     slow = [
         s.value
         for s in histogram.samples
-        if s.name.endswith("_bucket") and s.labels["route"] == "/items" and s.labels["le"] == "0.1"
+        if s.name.endswith("_bucket")
+        and (s.labels["method"], s.labels["route"], s.labels["le"]) == ("POST", "/items", "0.1")
     ]
     assert slow == [0]  # the 0.2 s request is above the 0.1 s bucket
 

@@ -184,3 +184,33 @@ def test_every_child_serves_the_socket_the_parent_inherited(cli: Any, tmp_path: 
         assert fetch(f"http://127.0.0.1:{port}/").text == "second"
         proc.signal(signal.SIGTERM)
         assert proc.wait() == 0
+
+
+SLOW_SHUTDOWN = """
+import asyncio
+
+
+async def app(scope, receive, send):
+    await receive()
+    await send({"type": "lifespan.startup.complete"})
+    await receive()
+    await asyncio.sleep(1)  # still stopping when the parent hears of the Ctrl-C
+    await send({"type": "lifespan.shutdown.complete"})
+"""
+
+
+def test_ctrl_c_stops_the_child_once(cli: Any, tmp_path: Path) -> None:
+    (tmp_path / "reloading_app.py").write_text(SLOW_SHUTDOWN)
+    proc = cli(
+        "run", "reloading_app:app", "--reload", *LOOPBACK, "--app-dir", str(tmp_path),
+        "--reload-dir", str(tmp_path), cwd=tmp_path, terminal=True,
+    )  # fmt: skip
+    proc.wait_serving()
+    # The terminal sends SIGINT to the whole foreground group, the child included; the
+    # parent does not send it a second one (which would cut the stop short).
+    proc.press_ctrl_c()
+    assert proc.wait() == 0
+    log = proc.log()
+    assert "lifespan shutdown complete" in log
+    assert "second shutdown request" not in log
+    assert "the app exited" not in log

@@ -383,9 +383,13 @@ class AppServer:
         stats = self._stats
         if stats is not None:
             stats.in_flight -= 1
-            stats.observe(
-                exchange.message.method, route_of(exchange.scope, self._root_path), status, elapsed
-            )
+            scope = exchange.scope
+            # Most apps without a router set neither key: skip the call for them.
+            if scope is not None and ("route" in scope or "path_template" in scope):
+                route = route_of(scope, self._root_path)
+            else:
+                route = UNMATCHED
+            stats.observe(exchange.message.method, route, status, elapsed)
         if self._access is not None:
             self._log_access(exchange, status, elapsed)
 
