@@ -10,6 +10,7 @@ import contextlib
 import platform
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
+from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import (
@@ -50,88 +51,178 @@ def _bucket_label(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
-def _cumulative(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:
+def _cumulative(bounds: Sequence[float], counts: Sequence[float]) -> list[tuple[str, float]]:
     buckets: list[tuple[str, float]] = []
-    running = 0
+    running = 0.0
     for bound, count in zip((*bounds, float("inf")), counts, strict=True):
         running += count
         buckets.append((_bucket_label(bound), running))
     return buckets
 
 
-class _MethodStats:
-    """Counts of one method: per status code, per latency bucket, and the latency sum."""
+# OpenTelemetry's advice for http.server.request.duration (semantic conventions 1.23+).
+OTEL_REQUEST_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
 
-    __slots__ = ("buckets", "codes", "total")
+#: Route label of requests no route took, and of routes beyond ``max_routes``.
+UNMATCHED_ROUTE = "unmatched"
+OVERFLOW_ROUTE = "other"
 
-    def __init__(self, bucket_count: int) -> None:
-        self.codes: dict[int, int] = {}
-        # observations per bucket (not cumulative; the last one is +Inf)
-        self.buckets = [0] * bucket_count
-        self.total = 0.0
+MetricNames = Literal["sidecar", "opentelemetry"]
+# Route names past the limit that are remembered, as a multiple of the limit.
+_ROUTES_REMEMBERED = 10
 
 
 class RequestStats(Collector):
-    """Request count, latency histogram and in-flight gauge, recorded without locks.
+    """Request counts and latency by method, route and status; the in-flight gauge.
 
     ``observe`` runs on the app's event loop for every request, so it only updates plain
     Python numbers (one thread writes them); the admin thread turns them into metric
     families when scraped, from copies taken with single C-level operations. This keeps
     prometheus_client's per-sample locks off the request path.
+
+    One record per (method, route, status): the observations per latency bucket and
+    their sum. The counter by status code, the histogram by status class and the
+    OpenTelemetry histogram by status code are all sums of these records, made at
+    scrape time. Labels stay bounded: methods outside the standard set count as
+    ``other`` (the client chooses the method), and routes past ``max_routes`` distinct
+    ones as ``other`` (routes come from the app's router, not from the request path,
+    but an app may have many).
     """
 
-    def __init__(self, buckets: Sequence[float] = REQUEST_BUCKETS) -> None:
+    def __init__(
+        self,
+        buckets: Sequence[float] | None = None,
+        *,
+        max_routes: int = 100,
+        names: MetricNames = "sidecar",
+    ) -> None:
+        if buckets is None:
+            buckets = OTEL_REQUEST_BUCKETS if names == "opentelemetry" else REQUEST_BUCKETS
         self._bounds = tuple(buckets)
-        # Only known methods get a record of their own; the rest share "other" (the
-        # method comes from the client, and labels must stay bounded).
-        self._methods: dict[str, _MethodStats] = {}
+        self._names = names
+        self._max_routes = max_routes
+        # method -> route -> status -> [observations per bucket (the last is +Inf)..., sum]
+        self._records: dict[str, dict[str, dict[int, list[float]]]] = {}
+        # route as the app names it -> its label (itself, or the overflow label)
+        self._routes: dict[str, str] = {UNMATCHED_ROUTE: UNMATCHED_ROUTE}
+        self._distinct = 0
         self.in_flight = 0
 
-    def observe(self, method: str, status: int, seconds: float) -> None:
-        stats = self._methods.get(method)
-        if stats is None:
-            stats = self._add(method)
-        codes = stats.codes
-        codes[status] = codes.get(status, 0) + 1
-        stats.buckets[bisect_left(self._bounds, seconds)] += 1
-        stats.total += seconds
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        label = self._routes.get(route)
+        if label is None:
+            label = self._add_route(route)
+        # Nested dicts of strings and ints: cheaper to look up than a tuple key. Only
+        # standard methods and "other" are keys, so another method takes the slow path.
+        record = None
+        by_route = self._records.get(method)
+        if by_route is not None:
+            codes = by_route.get(label)
+            if codes is not None:
+                record = codes.get(status)
+        if record is None:
+            record = self._add(method, label, status)
+        record[bisect_left(self._bounds, seconds)] += 1
+        record[-1] += seconds
 
-    def _add(self, method: str) -> _MethodStats:
-        label = method if method in KNOWN_METHODS else "other"
-        stats = self._methods.get(label)
-        if stats is None:
-            # A new dict, swapped in whole: a scrape iterating a copy never sees it grow.
-            stats = _MethodStats(len(self._bounds) + 1)
-            self._methods = {**self._methods, label: stats}
-        return stats
+    def _add_route(self, route: str) -> str:
+        if self._distinct < self._max_routes:
+            self._distinct += 1
+            label = route
+        else:
+            label = OVERFLOW_ROUTE
+            if len(self._routes) > _ROUTES_REMEMBERED * self._max_routes:
+                return label  # an app naming routes without bound: never remember more
+        # A new dict, swapped in whole, like the records; the overflowed names are
+        # remembered too (they are the app's route templates), so that they do not come
+        # here again.
+        self._routes = {**self._routes, route: label}
+        return label
+
+    def _add(self, method: str, route: str, status: int) -> list[float]:
+        if method not in KNOWN_METHODS:
+            method = "other"
+        by_route = self._records.get(method, {})
+        existing = by_route.get(route, {}).get(status)
+        if existing is not None:  # a method counted as other
+            return existing
+        record = [0.0] * (len(self._bounds) + 2)
+        # New dicts along the path, swapped in whole: a scrape iterating a snapshot never
+        # sees one grow.
+        codes = {**by_route.get(route, {}), status: record}
+        self._records = {**self._records, method: {**by_route, route: codes}}
+        return record
+
+    def _snapshot(self) -> list[tuple[tuple[str, str, int], list[float]]]:
+        return sorted(
+            ((method, route, status), list(record))
+            for method, by_route in self._records.items()
+            for route, codes in by_route.items()
+            for status, record in codes.items()
+        )
 
     def collect(self) -> Iterable[Metric]:
-        snapshot = [
-            (method, stats.codes.copy(), list(stats.buckets), stats.total)
-            for method, stats in sorted(self._methods.items())
-        ]
-        requests = CounterMetricFamily(
-            "sidecar_http_requests",
-            "HTTP requests served by the app port, by method and status code.",
-            labels=["method", "code"],
-        )
-        for method, codes, _, _ in snapshot:
-            for status, count in sorted(codes.items()):
-                requests.add_metric([method, str(status)], count)
-        yield requests
-        duration = HistogramMetricFamily(
-            "sidecar_http_request_duration_seconds",
-            "Time from request received to response completed, by method.",
-            labels=["method"],
-        )
-        for method, _, buckets, total in snapshot:
-            duration.add_metric([method], _cumulative(self._bounds, buckets), sum_value=total)
-        yield duration
+        snapshot = self._snapshot()
+        if self._names == "opentelemetry":
+            yield from self._collect_opentelemetry(snapshot)
+        else:
+            yield from self._collect_sidecar(snapshot)
         yield GaugeMetricFamily(
             "sidecar_http_requests_in_flight",
             "HTTP requests received whose response is not complete yet.",
             value=self.in_flight,
         )
+
+    def _collect_sidecar(
+        self, snapshot: list[tuple[tuple[str, str, int], list[float]]]
+    ) -> Iterable[Metric]:
+        requests = CounterMetricFamily(
+            "sidecar_http_requests",
+            "HTTP requests served by the app port, by method, route and status code.",
+            labels=["method", "route", "code"],
+        )
+        by_class: dict[tuple[str, str, str], list[float]] = {}
+        for (method, route, status), record in snapshot:
+            requests.add_metric([method, route, str(status)], sum(record[:-1]))
+            merged = by_class.setdefault((method, route, f"{status // 100}xx"), [0.0] * len(record))
+            for index, value in enumerate(record):
+                merged[index] += value
+        yield requests
+        duration = HistogramMetricFamily(
+            "sidecar_http_request_duration_seconds",
+            "Time from request received to response completed, by method, route and status class.",
+            labels=["method", "route", "status_class"],
+        )
+        for labels, record in sorted(by_class.items()):
+            duration.add_metric(
+                list(labels), _cumulative(self._bounds, record[:-1]), sum_value=record[-1]
+            )
+        yield duration
+
+    def _collect_opentelemetry(
+        self, snapshot: list[tuple[tuple[str, str, int], list[float]]]
+    ) -> Iterable[Metric]:
+        # http.server.request.duration as an OpenTelemetry Prometheus exporter names it.
+        # The semantic conventions leave http.route out when no route matched (an empty
+        # label is no label) and call an unknown method _OTHER.
+        duration = HistogramMetricFamily(
+            "http_server_request_duration_seconds",
+            "Duration of HTTP server requests.",
+            labels=["http_request_method", "http_route", "http_response_status_code"],
+        )
+        for (method, route, status), record in snapshot:
+            duration.add_metric(
+                [
+                    "_OTHER" if method == "other" else method,
+                    "" if route == UNMATCHED_ROUTE else route,
+                    str(status),
+                ],
+                _cumulative(self._bounds, record[:-1]),
+                sum_value=record[-1],
+            )
+        yield duration
 
 
 class LoopLagStats(Collector):
@@ -213,6 +304,18 @@ class LifecycleStats(Collector):
         )
 
 
+class _WithoutCreated(Collector):
+    """Export a registry's families without their ``_created`` samples."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        for family in self._registry.collect():
+            family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield family
+
+
 class Metrics:
     """The sidecar's instruments; a fresh registry per instance (tests make their own)."""
 
@@ -223,13 +326,20 @@ class Metrics:
         phases: Sequence[str],
         registry: CollectorRegistry | None = None,
         process_collectors: bool = True,
+        max_routes: int = 100,
+        request_metric_names: MetricNames = "sidecar",
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        reg = self.registry
         if process_collectors:
-            ProcessCollector(registry=reg)
-            PlatformCollector(registry=reg)
-            GCCollector(registry=reg)
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+        # The instruments live in a registry of their own, exported without their
+        # ``_created`` series: one per counter and histogram child, each a constant that
+        # only says when the process started. prometheus_client's switch for that is
+        # process-wide; this leaves other registries in the process as they are.
+        reg = CollectorRegistry()
+        self.registry.register(_WithoutCreated(reg))
 
         self.build_info = Info("sidecar_build", "Sidecar version and Python runtime.", registry=reg)
         self.build_info.info({"version": version, "python": platform.python_version()})
@@ -284,7 +394,7 @@ class Metrics:
         self.websocket_connections = Gauge(
             "sidecar_websocket_connections", "Open WebSocket connections.", registry=reg
         )
-        self.requests = RequestStats()
+        self.requests = RequestStats(max_routes=max_routes, names=request_metric_names)
         reg.register(self.requests)
         self.loop_lag = LoopLagStats()
         reg.register(self.loop_lag)
@@ -310,6 +420,14 @@ class Metrics:
             ["check"],
             registry=reg,
         )
+
+    def add_check(self, name: str) -> None:
+        """Export a new check's series at once, its failure count at 0.
+
+        So ``increase()`` over the counter sees its first failure (a series that appears
+        with the value 1 has increased by nothing).
+        """
+        self.check_failures.labels(name)
 
     def forget_check(self, name: str) -> None:
         """Drop a removed check's series, so a gone check does not look stuck."""

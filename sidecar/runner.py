@@ -12,7 +12,8 @@ Only this module knows every part. The order of a run:
 4. on SIGTERM/SIGINT (or the injected trigger) the shutdown order below, owned here
    (``_stop_serving``): not ready, keep serving for what is left of the drain delay,
    end streams, close the listener, let in-flight requests finish, cut what is left;
-   a second signal skips what is left of the waits;
+   a second signal skips what is left of the waits, and a first SIGINT from a terminal
+   (Ctrl-C: a person waits, no load balancer routes here) skips the drain delay only;
 5. the checks stop, then lifespan shutdown, always, once startup completed;
 6. the heartbeat stops, the admin port goes down.
 
@@ -32,6 +33,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -81,10 +83,13 @@ class Sidecar:
         process_collectors: bool = True,
         clock: Callable[[], float] = time.monotonic,
         on_abort: Callable[[int], None] | None = None,
+        on_terminal: Callable[[], bool] | None = None,
     ) -> None:
         """``on_abort`` ends the process with the given code on a third signal (the CLI
         passes ``os._exit``); without it, further signals only repeat the second one."""
         self.config = config
+        # Whether a person at a terminal started this process (SIGINT is their Ctrl-C).
+        self._on_terminal = on_terminal if on_terminal is not None else _stdin_is_a_terminal
         self._app = app
         # The drain clock: when a drain began and how much of its delay is left.
         self.lifecycle = Lifecycle(drain_delay=config.shutdown.drain_delay, clock=clock)
@@ -93,6 +98,8 @@ class Sidecar:
             phases=[phase.value for phase in Phase],
             registry=registry,
             process_collectors=process_collectors,
+            max_routes=config.metrics.max_routes,
+            request_metric_names=config.metrics.names,
         )
         self.lifecycle.subscribe(self._on_transition)
         self.loop_monitor = LoopMonitor(config.health, self.metrics.loop_lag)
@@ -125,6 +132,9 @@ class Sidecar:
         self._signals = 0
         self._on_abort = on_abort
         self._lifespan_shutdown_state = "not begun"
+        # Set to end the drain delay early (a Ctrl-C at a terminal, or ``_force``); the
+        # wait for in-flight requests and lifespan shutdown are kept.
+        self._skip_delay = asyncio.Event()
 
     # -- shutdown requests ----------------------------------------------------------------
 
@@ -143,14 +153,32 @@ class Sidecar:
             if not cut.is_set():
                 logger.warning("second shutdown request: skipping what is left of the drain")
             cut.set()
+            self._skip_delay.set()
         stop.set()
 
     def _on_signal(self, signum: signal.Signals) -> None:
         self._signals += 1
-        logger.info("received %s", signal.Signals(signum).name)
         if self._signals >= 3 and self._on_abort is not None:
+            logger.info("received %s", signal.Signals(signum).name)
             self._abort(signum, self._on_abort)
             return
+        delay = self.config.shutdown.drain_delay
+        if (
+            signum == signal.SIGINT
+            and not self._stop.is_set()
+            and delay > 0
+            and self.lifecycle.drain_started is None
+            and self._on_terminal()
+        ):
+            # Ctrl-C at a terminal: a person waits, and no load balancer routes here.
+            logger.info(
+                "received SIGINT from a terminal: skipping the %gs drain delay "
+                "(no load balancer to wait for); in-flight requests still finish",
+                delay,
+            )
+            self._skip_delay.set()
+        else:
+            logger.info("received %s", signal.Signals(signum).name)
         self._on_shutdown_request(False)
 
     def _abort(self, signum: signal.Signals, on_abort: Callable[[int], None]) -> None:
@@ -404,6 +432,7 @@ class Sidecar:
             driver.state,
             metrics=self.metrics if config.metrics.requests else None,
             access_log=config.logging.access_log,
+            access_log_format=config.logging.access_log_format,
             websocket_close_code=config.shutdown.websocket_close_code,
         )
         self.app_server = server
@@ -414,7 +443,7 @@ class Sidecar:
             raise
         self.metrics.connections_open.set_function(lambda: server.connections_open)
         self.metrics.websocket_connections.set_function(lambda: server.websocket_connections)
-        logger.info("serving the app on %s", _url(server.address))
+        logger.info("serving the app on %s", server.url)
         if config.server.gc_freeze:
             # Everything alive now (imports, the app, its startup state) lives as long as
             # the process: take it out of the collector's reach, so full collections stop
@@ -438,18 +467,20 @@ class Sidecar:
         """Drain and stop the app port, in the one shutdown order (see the module doc)."""
         loop = asyncio.get_running_loop()
         shutdown, lifecycle, force = self.config.shutdown, self.lifecycle, self._force
+        skip = self._skip_delay
         # A preStop hook may have started the drain already: only what is left of the
-        # delay is waited for. Both deadlines are fixed now.
+        # delay is waited for. Both deadlines are fixed now; a skipped delay counts as
+        # over, so the graceful timeout starts at once.
         drain_end = lifecycle.begin_drain()  # on the lifecycle's clock
-        left = drain_end - lifecycle.clock()
+        left = 0.0 if skip.is_set() else drain_end - lifecycle.clock()
         deadline = loop.time() + max(left, 0.0) + shutdown.graceful_timeout
-        if left > 0 and not force.is_set():
+        if left > 0:
             # Keep serving while load balancers stop routing here.
             logger.info("draining: serving for %.1fs more before closing the listener", left)
             # The loop's clock may run a hair behind the lifecycle's: wait until the
             # drain has ended on the clock that defines it.
-            while left > 0 and not force.is_set():
-                await first_of(force.wait(), deadline=loop.time() + left)
+            while left > 0 and not skip.is_set():
+                await first_of(skip.wait(), deadline=loop.time() + left)
                 left = drain_end - lifecycle.clock()
         server.end_streams()
         if shutdown.drain_mode == "idle" and server.in_flight and not force.is_set():
@@ -530,7 +561,24 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
+def _stdin_is_a_terminal() -> bool:
+    stdin = sys.stdin
+    try:
+        return stdin is not None and stdin.isatty()
+    except ValueError:  # closed
+        return False
+
+
 def run(config: Config) -> None:
     """Run a sidecar for ``config`` in this thread until it stops (the CLI's entry)."""
+    workers = config.server.workers
+    if workers > 1:
+        raise ConfigError(
+            [
+                f"server.workers is {workers}, but `sidecar run` serves the app in one "
+                "process; expected server.workers 1 (scale with more pods: replicas or "
+                "an autoscaler)"
+            ]
+        )
     with asyncio.Runner(loop_factory=_loop_factory(config.server.loop)) as runner:
         runner.run(Sidecar(config, on_abort=_exit_now).serve())

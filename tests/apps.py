@@ -585,3 +585,26 @@ def check_passes() -> bool:
 async def check_fails() -> None:
     """A configured ``callable`` check (async) that fails."""
     raise ConnectionError("replica is 30s behind")
+
+
+async def routed(scope: Scope, receive: Receive, send: Send) -> None:
+    """Route like a router would (``scope["route"]``); echo the request id it was given.
+
+    ``/items/<n>`` is the route ``/items/{id}``; ``/fail`` answers 503; ``/own-id`` an
+    ``x-request-id`` of its own; anything else matches no route (404).
+    """
+    if scope["type"] != "http":
+        raise ValueError("no lifespan here")
+    path = scope["path"]
+    seen = dict(scope["headers"]).get(b"x-request-id", b"-")
+    if path.startswith("/items/"):
+        scope["route"] = "/items/{id}"
+        await respond(send, body=b"id " + seen)
+    elif path == "/fail":
+        scope["route"] = "/fail"
+        await respond(send, status=503, body=b"down")
+    elif path == "/own-id":
+        scope["route"] = "/own-id"
+        await respond(send, headers=[(b"X-Request-ID", b"from-the-app")])
+    else:
+        await respond(send, status=404, body=b"no route")

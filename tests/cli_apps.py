@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
@@ -110,3 +111,11 @@ async def never_lets_go(scope: Any, receive: Any, send: Any) -> None:
     else:
         logger.warning("hang began")
         await asyncio.Event().wait()
+
+
+async def environ(scope: Any, receive: Any, send: Any) -> None:
+    """``/NAME`` answers the value of the environment variable NAME (``-`` when unset)."""
+    if scope["type"] != "http":
+        raise ValueError("no lifespan here")
+    value = os.environ.get(scope["path"].lstrip("/"), "-")
+    await respond(send, body=value.encode())

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import http.client
 import json
 import logging
 import os
+import pty
 import queue
 import re
 import shutil
@@ -15,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -319,6 +322,12 @@ def logs() -> Iterator[LogWatch]:
 
 # -- CLI subprocesses -------------------------------------------------------------------
 
+
+def _take_the_terminal() -> None:
+    """In the child, before exec: make the pty on stdin the session's controlling terminal."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 _ADMIN_LINE = re.compile(r"admin endpoints on http://([^:]+):(\d+)")
 _APP_LINE = re.compile(r"serving the app on http://([^:]+):(\d+)")
 
@@ -336,18 +345,36 @@ class CliProcess:
         env: dict[str, str] | None = None,
         cwd: Path = TESTS,
         module: str = "sidecar",
+        stdin: int = subprocess.DEVNULL,
+        pass_fds: tuple[int, ...] = (),
+        terminal: bool = False,
     ):
+        self.terminal: int | None = None
+        session: dict[str, Any] = {}
+        if terminal:
+            # A new session whose controlling terminal is a pty of ours: what a shell
+            # gives a command, so Ctrl-C (``press_ctrl_c``) reaches its process group.
+            self.terminal, secondary = pty.openpty()
+            stdin = secondary
+            session = {"start_new_session": True, "preexec_fn": _take_the_terminal}
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
         full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS)])
         full_env.update(env or {})
+        # stdin is not the terminal pytest may run in unless a test asks for one: a
+        # sidecar on a terminal stops sooner on SIGINT.
         self.proc = subprocess.Popen(
             [sys.executable, "-m", module, *args],
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=cwd,
             env=full_env,
             text=True,
+            pass_fds=pass_fds,
+            **session,
         )
+        if terminal:
+            os.close(stdin)
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -399,6 +426,11 @@ class CliProcess:
     def signal(self, signum: int = signal.SIGTERM) -> None:
         self.proc.send_signal(signum)
 
+    def press_ctrl_c(self) -> None:
+        """Type Ctrl-C on the process's terminal (``terminal=True``)."""
+        assert self.terminal is not None, "started without a terminal"
+        os.write(self.terminal, b"\x03")
+
     def wait(self, timeout: float = WAIT) -> int:
         code = self.proc.wait(timeout)
         self._reader.join(timeout)
@@ -418,6 +450,9 @@ class CliProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        if self.terminal is not None:
+            os.close(self.terminal)
+            self.terminal = None
 
 
 @pytest.fixture
@@ -425,8 +460,24 @@ def cli() -> Iterator[Any]:
     """Start ``python -m sidecar`` (or ``module=``) subprocesses; killed at teardown if up."""
     procs: list[CliProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, module: str = "sidecar") -> CliProcess:
-        proc = CliProcess(list(args), env=env, module=module)
+    def start(
+        *args: str,
+        env: dict[str, str] | None = None,
+        module: str = "sidecar",
+        cwd: Path = TESTS,
+        stdin: int = subprocess.DEVNULL,
+        pass_fds: tuple[int, ...] = (),
+        terminal: bool = False,
+    ) -> CliProcess:
+        proc = CliProcess(
+            list(args),
+            env=env,
+            module=module,
+            cwd=cwd,
+            stdin=stdin,
+            pass_fds=pass_fds,
+            terminal=terminal,
+        )
         procs.append(proc)
         return proc
 

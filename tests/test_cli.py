@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ import yaml
 from click.testing import CliRunner
 
 from sidecar import __version__
-from sidecar.cli import main
+from sidecar.cli import FLAG_SPECS, REFUSED_FLAGS, main
 
 from .conftest import LOOPBACK, ROOT, fetch
 
@@ -252,15 +253,29 @@ def test_app_and_factory_flags() -> None:
     assert document["logging"]["access_log"] is True
 
 
-def test_check_config_reports_every_problem_and_exits_2() -> None:
+def test_a_bad_flag_value_names_the_flag_the_value_and_the_range() -> None:
+    result = CliRunner().invoke(main, ["check-config", "--port", "80800"], env={})
+    assert result.exit_code == 2
+    assert "Invalid value for '--port': 80800 is not in the range 0<=x<=65535" in result.output
+    result = CliRunner().invoke(main, ["check-config", "--lifespan", "maybe"], env={})
+    assert result.exit_code == 2
+    assert "'maybe' is not one of 'auto', 'on', 'off'" in result.output
+    result = CliRunner().invoke(main, ["check-config", "--drain-delay", "soon"], env={})
+    assert result.exit_code == 2
+    assert "'soon' is not a valid float" in result.output
+
+
+def test_check_config_reports_every_problem_and_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("server:\n  port: 80800\nshutdown:\n  drain_delay: soon\n")
     result = CliRunner().invoke(
         main,
-        ["check-config", "--port", "80800", "--drain-delay", "soon", "--lifespan", "maybe"],
-        env={"SIDECAR_SHUTDOWN_GRACEFUL_TIMEOUT": "-3"},
+        ["check-config", "--config", str(config)],
+        env={"SIDECAR_SHUTDOWN_GRACEFUL_TIMEOUT": "-3", "SIDECAR_LIFESPAN_MODE": "maybe"},
     )
     assert result.exit_code == 2
     assert "4 problem(s)" in result.output
-    assert "invalid value '80800' for server.port; expected an integer from 0 to 65535" in (
+    assert "invalid value 80800 for server.port; expected an integer from 0 to 65535" in (
         result.output
     )
     assert "invalid value 'soon' for shutdown.drain_delay" in result.output
@@ -344,5 +359,300 @@ def test_prestop_command_reaches_an_ipv6_admin_port(cli: Any) -> None:
         env={**os.environ, "SIDECAR_ADMIN_HOST": "::"},
     )
     assert result.returncode == 0, result.stderr
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0
+
+
+# -- uvicorn's flags ----------------------------------------------------------------------
+
+
+def check_config(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    result = invoke("check-config", *args, env=env)
+    assert result.exit_code == 0, result.output
+    document: dict[str, Any] = yaml.safe_load(result.output)
+    return document
+
+
+@pytest.mark.parametrize(
+    ("args", "key", "expected"),
+    [
+        (["--timeout-graceful-shutdown", "7"], ("shutdown", "graceful_timeout"), 7.0),
+        (["--timeout-keep-alive", "5"], ("server", "keep_alive_timeout"), 5.0),
+        (["--forwarded-allow-ips", "10.0.0.0/8"], ("server", "trusted_proxies"), "10.0.0.0/8"),
+        (["--app-dir", "src"], ("app", "app_dir"), "src"),
+        (["--loop", "asyncio"], ("server", "loop"), "asyncio"),
+        (["--root-path", "/api"], ("server", "root_path"), "/api"),
+        (["--workers", "3"], ("server", "workers"), 3),
+        (["--uds", "/tmp/app.sock"], ("server", "uds"), "/tmp/app.sock"),
+        (["--fd", "3"], ("server", "fd"), 3),
+        (["--backlog", "128"], ("server", "backlog"), 128),
+        (["--limit-concurrency", "50"], ("server", "max_requests_in_flight"), 50),
+        (["--ws-max-size", "1024"], ("server", "ws_max_message_size"), 1024),
+        (["--ws-ping-interval", "2.5"], ("server", "ws_ping_interval"), 2.5),
+        (["--log-level", "warning"], ("logging", "level"), "warning"),
+        (["--access-log"], ("logging", "access_log"), True),
+        (["--reload"], ("reload", "enabled"), True),
+        (["--reload-include", "*.html", "--reload-include", "*.py"], ("reload", "includes"),
+         "*.html,*.py"),
+        (["--reload-exclude", "tests/*"], ("reload", "excludes"), "tests/*"),
+        (["--reload-delay", "0.5"], ("reload", "delay"), 0.5),
+    ],
+)  # fmt: skip
+def test_uvicorn_flags_set_the_key_of_the_same_meaning(
+    args: list[str], key: tuple[str, str], expected: Any
+) -> None:
+    assert check_config(*args)[key[0]][key[1]] == expected
+
+
+def test_ssl_flags_set_the_tls_keys(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("x")
+    key.write_text("x")
+    server = check_config("--ssl-certfile", str(cert), "--ssl-keyfile", str(key))["server"]
+    assert (server["tls_certfile"], server["tls_keyfile"]) == (str(cert), str(key))
+
+
+def test_reload_dir_must_exist(tmp_path: Path) -> None:
+    assert check_config("--reload", "--reload-dir", str(tmp_path))["reload"]["dirs"] == str(
+        tmp_path
+    )
+    result = invoke("check-config", "--reload", "--reload-dir", str(tmp_path / "nope"))
+    assert result.exit_code == 2
+    assert f"reload.dirs: no such directory {str(tmp_path / 'nope')!r}" in result.output
+
+
+@pytest.mark.parametrize("flag", sorted(REFUSED_FLAGS))
+def test_uvicorn_flags_without_a_meaning_here_fail_saying_what_to_use(flag: str) -> None:
+    takes_value, instead = REFUSED_FLAGS[flag]
+    result = CliRunner().invoke(main, ["run", "app:app", flag, *(["x"] if takes_value else [])])
+    assert result.exit_code == 2
+    assert f"Error: {flag} is not supported: {instead}" in result.output
+
+
+def test_a_refused_flag_exits_2_from_the_real_command(cli: Any) -> None:
+    proc = cli("run", "cli_apps:slow_startup", *LOOPBACK, "--http", "httptools")
+    assert proc.wait() == 2
+    assert "Error: --http is not supported: the app port is the sidecar's own HTTP/1.1" in (
+        proc.log()
+    )
+    assert "admin endpoints on" not in proc.log()
+
+
+def test_log_config_says_which_flags_to_use() -> None:
+    result = CliRunner().invoke(main, ["run", "app:app", "--log-config", "log.yaml"])
+    assert result.exit_code == 2
+    assert "--log-level, --log-format text|json, --access-log and --access-log-format" in (
+        result.output
+    )
+
+
+def test_uvicorn_flags_asking_for_what_the_sidecar_does_are_accepted() -> None:
+    assert check_config("--no-server-header", "--date-header", "--no-use-colors")
+
+
+def test_help_shows_type_default_key_and_variable() -> None:
+    result = invoke("run", "--help")
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())  # undo click's wrapping
+    assert "--drain-delay FLOAT RANGE" in text
+    assert "--port INTEGER RANGE" in text
+    assert "--lifespan [auto|on|off]" in text
+    assert "--uds PATH" in text
+    assert "--graceful-timeout, --timeout-graceful-shutdown FLOAT RANGE" in text
+    assert (
+        "[shutdown.drain_delay] [env var: SIDECAR_SHUTDOWN_DRAIN_DELAY; default: 5.0; x>=0]" in text
+    )
+    assert "[server.port] [env var: SIDECAR_SERVER_PORT; default: 8000; 0<=x<=65535]" in text
+    for flag in ("--http", "--log-config", "--ssl-ciphers"):
+        assert f"{flag} " not in text  # refused flags stay out of the help
+    for spec in FLAG_SPECS:
+        assert spec.flags[0] in text
+        assert f"[{spec.path}]" in text
+
+
+def test_proxy_headers_trust_loopback_like_uvicorn_unless_proxies_are_configured(
+    tmp_path: Path,
+) -> None:
+    assert check_config()["server"]["trusted_proxies"] == ""  # the sidecar's default
+    assert check_config("--proxy-headers")["server"]["trusted_proxies"] == "127.0.0.1, ::1"
+    configured = {"SIDECAR_SERVER_TRUSTED_PROXIES": "10.0.0.0/8"}
+    assert check_config("--proxy-headers", env=configured)["server"]["trusted_proxies"] == (
+        "10.0.0.0/8"
+    )
+    with_ips = check_config("--proxy-headers", "--forwarded-allow-ips", "10.1.2.3")
+    assert with_ips["server"]["trusted_proxies"] == "10.1.2.3"
+    assert check_config("--no-proxy-headers", env=configured)["server"]["trusted_proxies"] == ""
+    result = invoke("check-config", "--no-proxy-headers", "--forwarded-allow-ips", "10.1.2.3")
+    assert result.exit_code == 2
+    assert "--no-proxy-headers and --forwarded-allow-ips/--trusted-proxies" in result.output
+
+
+def test_env_file_sets_variables_the_environment_does_not(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("SIDECAR_SERVER_PORT=9100\nSIDECAR_ADMIN_PORT=9101\n# a comment\n")
+    document = check_config("--env-file", str(env_file), env={"SIDECAR_ADMIN_PORT": "9200"})
+    assert document["server"]["port"] == 9100
+    assert document["admin"]["port"] == 9200  # already set: the environment wins
+    bad = tmp_path / "bad.env"
+    bad.write_text("SIDECAR_SERVER_PORT=many\n")
+    result = invoke("check-config", "--env-file", str(bad))
+    assert result.exit_code == 2
+    assert "environment SIDECAR_SERVER_PORT: invalid value 'many'" in result.output
+    result = invoke("check-config", "--env-file", str(tmp_path / "missing.env"))
+    assert result.exit_code == 2
+    assert "--env-file: no such file" in result.output
+
+
+def test_env_file_reaches_the_app(cli: Any, tmp_path: Path) -> None:
+    env_file = tmp_path / "app.env"
+    env_file.write_text("GREETING=hello from the env file\nSIDECAR_SHUTDOWN_DRAIN_DELAY=0\n")
+    proc = cli("run", "cli_apps:environ", *LOOPBACK, "--env-file", str(env_file))
+    proc.wait_serving()
+    assert fetch(proc.app_url + "/GREETING").text == "hello from the env file"
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0
+    assert "draining: serving for" not in proc.log()  # the drain delay came from the file
+
+
+def test_more_than_one_worker_is_refused_with_exit_2(cli: Any) -> None:
+    assert check_config("--workers", "4")["server"]["workers"] == 4  # a valid setting
+    proc = cli("run", "cli_apps:slow_startup", *LOOPBACK, "--workers", "4")
+    assert proc.wait() == 2
+    assert "server.workers is 4, but `sidecar run` serves the app in one process" in proc.log()
+    assert "admin endpoints on" not in proc.log()
+
+
+def test_reload_with_workers_names_both_keys() -> None:
+    result = invoke("check-config", "--reload", "--workers", "2")
+    assert result.exit_code == 2
+    assert "reload.enabled (--reload) cannot be combined with server.workers (2)" in (result.output)
+
+
+# -- where the app port listens ---------------------------------------------------------
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=30)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(30)
+        sock.connect(self.unix_path)
+        self.sock = sock
+
+
+def test_uds_serves_the_app_on_a_unix_socket(cli: Any, tmp_path: Path) -> None:
+    path = str(tmp_path / "app.sock")
+    proc = cli("run", "cli_apps:slow_startup", *LOOPBACK, "--uds", path, "--drain-delay", "0")
+    proc.wait_line(f"serving the app on unix:{path}")
+    proc.wait_line("phase starting -> ready")
+    connection = UnixHTTPConnection(path)
+    connection.request("GET", "/")
+    response = connection.getresponse()
+    assert (response.status, response.read()) == (200, b"ok")
+    connection.close()
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0
+    assert not os.path.exists(path)  # the socket file goes with the process
+
+
+def test_uds_refuses_a_path_that_is_not_a_socket(cli: Any, tmp_path: Path) -> None:
+    path = tmp_path / "taken"
+    path.write_text("mine")
+    proc = cli("run", "cli_apps:slow_startup", *LOOPBACK, "--uds", str(path))
+    assert proc.wait() == 1
+    assert "the path exists and is not a socket" in proc.log()
+    assert path.read_text() == "mine"
+
+
+def test_fd_serves_the_app_on_an_inherited_socket(cli: Any) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        fd = listener.fileno()
+        proc = cli("run", "cli_apps:slow_startup", *LOOPBACK, "--fd", str(fd),
+                   "--drain-delay", "0", pass_fds=(fd,))  # fmt: skip
+        proc.wait_line(rf"serving the app on http://127.0.0.1:{port} \(fd {fd}\)")
+        proc.wait_line("phase starting -> ready")
+        assert fetch(f"http://127.0.0.1:{port}/").text == "ok"
+        proc.signal(signal.SIGTERM)
+        assert proc.wait() == 0
+
+
+def test_fd_that_is_not_a_socket_fails_clearly(cli: Any, tmp_path: Path) -> None:
+    with (tmp_path / "file").open("w") as handle:
+        fd = handle.fileno()
+        proc = cli("run", "cli_apps:slow_startup", *LOOPBACK, "--fd", str(fd), pass_fds=(fd,))
+        assert proc.wait() == 1
+    assert f"cannot use file descriptor {fd} as the app port (server.fd)" in proc.log()
+
+
+# -- Ctrl-C at a terminal ---------------------------------------------------------------
+
+
+def test_ctrl_c_at_a_terminal_skips_the_drain_delay(cli: Any) -> None:
+    proc = cli("run", "cli_apps:slow_startup", *LOOPBACK, "--drain-delay", "60", terminal=True)
+    proc.wait_serving()
+    began = time.monotonic()
+    proc.press_ctrl_c()
+    assert proc.wait() == 0
+    assert time.monotonic() - began < 10
+    log = proc.log()
+    assert (
+        "received SIGINT from a terminal: skipping the 60s drain delay (no load balancer "
+        "to wait for); in-flight requests still finish" in log
+    )
+    assert "lifespan shutdown complete" in log
+
+
+def test_sigterm_at_a_terminal_still_drains(cli: Any) -> None:
+    proc = cli("run", "cli_apps:slow_startup", *LOOPBACK, "--drain-delay", "0.5", terminal=True)
+    proc.wait_serving()
+    proc.signal(signal.SIGTERM)
+    proc.wait_line("draining: serving for")
+    assert proc.wait() == 0
+    assert "from a terminal" not in proc.log()
+
+
+def test_sigint_without_a_terminal_drains_as_sigterm_does(cli: Any) -> None:
+    proc = cli("run", "cli_apps:slow_startup", *LOOPBACK, "--drain-delay", "0.5")
+    proc.wait_serving()
+    proc.signal(signal.SIGINT)
+    proc.wait_line("draining: serving for")
+    assert proc.wait() == 0
+    assert "from a terminal" not in proc.log()
+
+
+# -- the README's commands ---------------------------------------------------------------
+
+
+def readme_command(marker: str) -> list[str]:
+    """The arguments of the README's ``sidecar run`` line that contains ``marker``."""
+    readme = (ROOT / "README.md").read_text()
+    line = next(
+        line for line in readme.splitlines() if line.startswith("sidecar run") and marker in line
+    )
+    return line.split()[1:]
+
+
+def test_readme_uvicorn_style_command(cli: Any) -> None:
+    args = readme_command("--timeout-graceful-shutdown")
+    proc = cli(*args, *LOOPBACK, "--drain-delay", "0")  # loopback and free ports win
+    proc.wait_serving()
+    assert fetch(proc.app_url + "/").json()["greeting"] == "hello from the demo app"
+    proc.wait_line(r'sidecar.access: 127\.0\.0\.1:\d+ - "GET / HTTP/1.1" 200 OK')
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0
+
+
+def test_readme_reload_command(cli: Any, tmp_path: Path) -> None:
+    args = readme_command("--reload")
+    proc = cli(*args, *LOOPBACK, cwd=tmp_path)
+    proc.wait_line("reload: watching")
+    proc.wait_serving()
+    assert fetch(proc.app_url + "/").json()["greeting"] == "hello from the demo app"
     proc.signal(signal.SIGTERM)
     assert proc.wait() == 0

@@ -11,6 +11,7 @@ from typing import Any
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 
 from sidecar import __version__
+from sidecar.metrics import Metrics, RequestStats
 
 from . import apps
 from .conftest import LOOPBACK, ROOT, LogWatch, fetch
@@ -42,12 +43,20 @@ def test_metrics_values_after_traffic(run_sidecar: Any) -> None:
     text, content_type = scrape(running)
     assert content_type.startswith("text/plain; version=0.0.4")
     samples = scrape_samples(text)
-    assert value(samples, "sidecar_http_requests_total", method="GET", code="200") == 3
-    assert value(samples, "sidecar_http_requests_total", method="GET", code="500") == 1
-    assert value(samples, "sidecar_http_requests_total", method="POST", code="200") == 1
+    # a raw ASGI app has no router: its requests count as unmatched
+    unmatched = {"route": "unmatched"}
+    assert value(samples, "sidecar_http_requests_total", method="GET", code="200", **unmatched) == 3
+    assert value(samples, "sidecar_http_requests_total", method="GET", code="500", **unmatched) == 1
+    assert (
+        value(samples, "sidecar_http_requests_total", method="POST", code="200", **unmatched) == 1
+    )
     # client-chosen methods do not create new series
-    assert value(samples, "sidecar_http_requests_total", method="other", code="200") == 1
-    assert value(samples, "sidecar_http_request_duration_seconds_count", method="GET") == 4
+    assert (
+        value(samples, "sidecar_http_requests_total", method="other", code="200", **unmatched) == 1
+    )
+    duration = "sidecar_http_request_duration_seconds_count"
+    assert value(samples, duration, method="GET", status_class="2xx", **unmatched) == 3
+    assert value(samples, duration, method="GET", status_class="5xx", **unmatched) == 1
     assert value(samples, "sidecar_http_requests_in_flight") == 0
     for phase in PHASES:
         expected = 1 if phase == "ready" else 0
@@ -184,7 +193,9 @@ def test_drain_and_abort_metrics(run_sidecar: Any) -> None:
     assert registry.get_sample_value(aborted, {"stage": "before_response"}) == 1
     assert registry.get_sample_value(aborted, {"stage": "during_response"}) == 0
     assert (
-        registry.get_sample_value("sidecar_http_requests_total", {"method": "GET", "code": "503"})
+        registry.get_sample_value(
+            "sidecar_http_requests_total", {"method": "GET", "route": "unmatched", "code": "503"}
+        )
         == 1
     )
     drain = registry.get_sample_value("sidecar_drain_duration_seconds")
@@ -220,3 +231,113 @@ def test_format_parameter_overrides_accept(run_sidecar: Any) -> None:
         headers={"Accept": "application/openmetrics-text; version=1.0.0"},
     )
     assert reply.headers["content-type"].startswith("text/plain; version=0.0.4")
+
+
+# -- routes, status classes and series hygiene ------------------------------------------
+
+
+def families(collector: Any) -> dict[str, Any]:
+    return {family.name: family for family in collector.collect()}
+
+
+def test_routes_label_requests_and_are_capped() -> None:
+    stats = RequestStats(max_routes=2)
+    stats.observe("GET", "/users/{id}", 200, 0.003)
+    stats.observe("GET", "/users/{id}", 404, 0.002)
+    stats.observe("POST", "/items", 201, 0.2)
+    stats.observe("GET", "/third", 200, 0.001)  # past the cap
+    stats.observe("GET", "/fourth", 200, 0.001)
+    stats.observe("GET", "unmatched", 404, 0.001)  # never counts towards the cap
+    stats.observe("BREW", "/items", 201, 0.001)  # a method the client made up
+    stats.observe("PROPFIND", "/items", 201, 0.001)
+    found = families(stats)
+    counts = {
+        (s.labels["method"], s.labels["route"], s.labels["code"]): s.value
+        for s in found["sidecar_http_requests"].samples
+    }
+    assert counts == {
+        ("GET", "/users/{id}", "200"): 1,
+        ("GET", "/users/{id}", "404"): 1,
+        ("POST", "/items", "201"): 1,
+        ("GET", "other", "200"): 2,
+        ("GET", "unmatched", "404"): 1,
+        ("other", "/items", "201"): 2,
+    }
+    histogram = found["sidecar_http_request_duration_seconds"]
+    count = {
+        (s.labels["method"], s.labels["route"], s.labels["status_class"]): s.value
+        for s in histogram.samples
+        if s.name.endswith("_count")
+    }
+    assert count == {
+        ("GET", "/users/{id}", "2xx"): 1,
+        ("GET", "/users/{id}", "4xx"): 1,
+        ("POST", "/items", "2xx"): 1,
+        ("GET", "other", "2xx"): 2,
+        ("GET", "unmatched", "4xx"): 1,
+        ("other", "/items", "2xx"): 2,
+    }
+    slow = [
+        s.value
+        for s in histogram.samples
+        if s.name.endswith("_bucket")
+        and (s.labels["method"], s.labels["route"], s.labels["le"]) == ("POST", "/items", "0.1")
+    ]
+    assert slow == [0]  # the 0.2 s request is above the 0.1 s bucket
+
+
+def test_opentelemetry_names_and_labels() -> None:
+    stats = RequestStats(names="opentelemetry")
+    stats.observe("GET", "/users/{id}", 200, 0.06)
+    stats.observe("BREW", "unmatched", 404, 0.001)
+    found = families(stats)
+    assert "sidecar_http_requests" not in found
+    histogram = found["http_server_request_duration_seconds"]
+    counts = {
+        tuple(
+            s.labels[k] for k in ("http_request_method", "http_route", "http_response_status_code")
+        ): s.value
+        for s in histogram.samples
+        if s.name.endswith("_count")
+    }
+    assert counts == {("GET", "/users/{id}", "200"): 1, ("_OTHER", "", "404"): 1}
+    bounds = {s.labels["le"] for s in histogram.samples if s.name.endswith("_bucket")}
+    assert "0.075" in bounds  # the semantic conventions' boundaries
+    assert "sidecar_http_requests_in_flight" in found
+
+
+def test_no_created_series_and_check_failures_start_at_zero() -> None:
+    metrics = Metrics(version="1", phases=["ready"], process_collectors=False)
+    metrics.add_check("postgres")
+    text = metrics.render(None)[0].decode()
+    assert "_created" not in text
+    assert 'sidecar_health_check_failures_total{check="postgres"} 0.0' in text
+    openmetrics = metrics.render("application/openmetrics-text; version=1.0.0")[0].decode()
+    assert "_created" not in openmetrics
+
+
+def test_other_registries_keep_their_created_series() -> None:
+    from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+    Metrics(version="1", phases=["ready"], process_collectors=False)
+    registry = CollectorRegistry()
+    Counter("app_things", "Things the app counts.", registry=registry).inc()
+    assert b"app_things_created" in generate_latest(registry)
+
+
+def test_a_check_exports_its_failure_counter_before_it_fails(run_sidecar: Any) -> None:
+    from sidecar.health import STATE_KEY
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await receive()
+            scope["state"][STATE_KEY].add_readiness_check("db", lambda: True, interval=60)
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await apps.respond(send)
+
+    running = run_sidecar(app)
+    samples = scrape_samples(scrape(running)[0])
+    assert value(samples, "sidecar_health_check_failures_total", check="db") == 0

@@ -348,3 +348,49 @@ def test_requests_cut_at_the_drain_deadline_fire_their_alert(
     assert containers["cut"].wait() == 0
     assert containers["clean"].wait() == 0
     assert [a for a in server.alerts() if a["labels"].get("job") == "clean"] == []
+
+
+DASHBOARD = ROOT / "charts" / "lifespan-sidecar" / "files" / "dashboard.json"
+
+
+def test_the_route_panels_show_the_routes_of_a_live_sidecar(cli: Any, prometheus: Any) -> None:
+    proc = cli("run", "apps:routed", *LOOPBACK, "--drain-delay", "0")
+    proc.wait_serving()
+    server = prometheus({"sidecar": (proc.admin_url.removeprefix("http://"), "text")})
+    server.wait_for('up{job="sidecar"}', lambda v: v == 1)
+
+    def traffic() -> None:
+        assert fetch(proc.app_url + "/items/1").status == 200
+        assert fetch(proc.app_url + "/fail").status == 503
+        assert fetch(proc.app_url + "/nowhere").status == 404
+
+    # Once Prometheus has seen the series, more traffic makes them increase: a rate.
+    traffic()
+    server.wait_for('count(sidecar_http_requests_total{job="sidecar"})', lambda v: v == 3)
+    for _ in range(4):
+        traffic()
+    server.wait_for('sum(sidecar_http_requests_total{job="sidecar"})', lambda v: v >= 15)
+    panels = {p["title"]: p for p in json.loads(DASHBOARD.read_text())["panels"]}
+    expected = {
+        "Request rate by route": {"/items/{id}", "/fail", "unmatched"},
+        "p99 latency by route": {"/items/{id}", "/fail", "unmatched"},
+        # Routes without a 5xx have no numerator series, so no ratio.
+        "5xx ratio by route": {"/fail"},
+    }
+    for title, routes in expected.items():
+        expr = panels[title]["targets"][0]["expr"]
+        for variable, value in (("$job", ".*"), ("$instance", ".*"), ("$route", ".*"),
+                                ("$__rate_interval", "1m")):  # fmt: skip
+            expr = expr.replace(variable, value)
+        # A rate needs two scrapes of each series: poll until Prometheus has them.
+        deadline = time.monotonic() + WAIT
+        result = server.query(expr)
+        while {s["metric"]["route"] for s in result} != routes and time.monotonic() < deadline:
+            time.sleep(0.2)
+            result = server.query(expr)
+        assert {series["metric"]["route"] for series in result} == routes, (title, result)
+        if title == "5xx ratio by route":
+            ratio = {s["metric"]["route"]: float(s["value"][1]) for s in result}
+            assert ratio == {"/fail": 1.0}
+    proc.signal()
+    assert proc.wait() == 0

@@ -5,6 +5,8 @@ the values.
 
 from ..errors import ConfigError
 from .schema import (
+    ACCESS_LOG_FIELDS,
+    ACCESS_LOG_TEXT_FIELDS,
     ENV_PREFIX,
     REDACTED,
     SECTIONS,
@@ -17,6 +19,7 @@ from .schema import (
     LifespanConfig,
     LoggingConfig,
     MetricsConfig,
+    ReloadConfig,
     ServerConfig,
     ShutdownConfig,
     check_key_specs,
@@ -33,6 +36,8 @@ from .sources import (
 )
 
 __all__ = [
+    "ACCESS_LOG_FIELDS",
+    "ACCESS_LOG_TEXT_FIELDS",
     "ENV_PREFIX",
     "REDACTED",
     "SECTIONS",
@@ -47,6 +52,7 @@ __all__ = [
     "LifespanConfig",
     "LoggingConfig",
     "MetricsConfig",
+    "ReloadConfig",
     "ServerConfig",
     "ShutdownConfig",
     "check_key_specs",

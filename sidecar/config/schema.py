@@ -20,6 +20,31 @@ ENV_PREFIX = "SIDECAR_"
 #: What a secret's value is shown as, wherever configuration is printed.
 REDACTED = "<redacted>"
 
+#: The fields of an access log record: top-level keys of a JSON access log line, and
+#: placeholders of ``logging.access_log_format``, with a value of the type they have.
+ACCESS_LOG_FIELDS: Mapping[str, Any] = {
+    "method": "GET",
+    "path": "/items/7",
+    "route": "/items/{item_id}",
+    "query": "q=1",
+    "status": 200,
+    "duration_ms": 1.5,
+    "bytes": 2,
+    "client": "10.0.0.1:51234",
+    "user_agent": "curl/8.5.0",
+    "request_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+    "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+}
+#: Placeholders only the text line has.
+ACCESS_LOG_TEXT_FIELDS: Mapping[str, Any] = {
+    "request_line": "GET /items/7?q=1 HTTP/1.1",
+    "reason": "OK",
+    "http_version": "1.1",
+}
+
+# uvicorn's access log line, with the duration added.
+ACCESS_LOG_FORMAT = '%(client)s - "%(request_line)s" %(status)d %(reason)s %(duration_ms).1fms'
+
 
 def _opt(default: Any, doc: str, **bounds: Any) -> Any:
     return field(default=default, metadata={"doc": doc, **bounds})
@@ -28,24 +53,59 @@ def _opt(default: Any, doc: str, **bounds: Any) -> Any:
 @dataclass(frozen=True)
 class AppConfig:
     target: str = _opt("", "The ASGI app as `module:attribute` (attribute may be dotted).")
-    factory: bool = _opt(False, "Call the target with no arguments to get the app.")
-    app_dir: str = _opt(".", "Directory put first on `sys.path` before importing the target.")
+    factory: bool = _opt(
+        False, "Call the target with no arguments to get the app.", flags=("--factory",)
+    )
+    app_dir: str = _opt(
+        ".",
+        "Directory put first on `sys.path` before importing the target.",
+        flags=("--app-dir",),
+        path=True,
+    )
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    host: str = _opt("0.0.0.0", "Address the app port binds to.")
-    port: int = _opt(8000, "App port (0 picks a free port).", min=0, max=65535)
-    root_path: str = _opt("", "ASGI `root_path` for apps mounted below a path prefix.")
-    backlog: int = _opt(2048, "Listen backlog of the app socket.", min=1)
+    host: str = _opt("0.0.0.0", "Address the app port binds to.", flags=("--host",))
+    port: int = _opt(8000, "App port (0 picks a free port).", min=0, max=65535, flags=("--port",))
+    uds: str = _opt(
+        "",
+        "Serve the app on this Unix domain socket instead of host and port (the admin "
+        "port stays TCP, for the kubelet).",
+        flags=("--uds",),
+        path=True,
+    )
+    fd: int = _opt(
+        -1,
+        "Serve the app on this inherited, already bound socket (a file descriptor, for "
+        "socket activation) instead of host and port; -1: none.",
+        min=-1,
+        flags=("--fd",),
+    )
+    workers: int = _opt(
+        1,
+        "Processes serving the app. `sidecar run` serves one; more is refused with exit "
+        "code 2 (scale with replicas).",
+        min=1,
+        flags=("--workers",),
+    )
+    root_path: str = _opt(
+        "", "ASGI `root_path` for apps mounted below a path prefix.", flags=("--root-path",)
+    )
+    backlog: int = _opt(2048, "Listen backlog of the app socket.", min=1, flags=("--backlog",))
     # Longer than the idle timeout of common load balancers (60 s), so the proxy, not the
     # sidecar, closes idle upstream connections; otherwise a proxy can reuse a connection
     # the sidecar is closing and answer its client with a 502.
     keep_alive_timeout: float = _opt(
-        75.0, "Seconds an idle keep-alive connection stays open.", min=0
+        75.0,
+        "Seconds an idle keep-alive connection stays open.",
+        min=0,
+        flags=("--keep-alive-timeout", "--timeout-keep-alive"),
     )
     loop: Literal["auto", "asyncio", "uvloop"] = _opt(
-        "auto", "Event loop for the app: `auto` uses uvloop when it is installed."
+        "auto",
+        "Event loop for the app: `auto` uses uvloop when it is installed.",
+        flags=("--loop",),
     )
     gc_freeze: bool = _opt(
         True,
@@ -56,11 +116,20 @@ class ServerConfig:
         "",
         "Comma-separated addresses/CIDRs (or `*`) of proxies whose `Forwarded` and "
         "`X-Forwarded-*` headers set the client address, scheme and host; none by default.",
+        flags=("--trusted-proxies", "--forwarded-allow-ips"),
     )
     tls_certfile: str = _opt(
-        "", "PEM certificate (chain) for TLS on the app port; empty: plain HTTP."
+        "",
+        "PEM certificate (chain) for TLS on the app port; empty: plain HTTP.",
+        flags=("--tls-certfile", "--ssl-certfile"),
+        path=True,
     )
-    tls_keyfile: str = _opt("", "PEM private key for `tls_certfile`.")
+    tls_keyfile: str = _opt(
+        "",
+        "PEM private key for `tls_certfile`.",
+        flags=("--tls-keyfile", "--ssl-keyfile"),
+        path=True,
+    )
     max_request_line: int = _opt(
         8190, "Longest request line (method, target, version) in bytes; longer: 400.", min=64
     )
@@ -75,7 +144,10 @@ class ServerConfig:
         4096, "Open connections on the app port; beyond: 503 and close. 0: no limit.", min=0
     )
     max_requests_in_flight: int = _opt(
-        1024, "Requests handled at once; beyond: 503 with Retry-After. 0: no limit.", min=0
+        1024,
+        "Requests handled at once; beyond: 503 with Retry-After. 0: no limit.",
+        min=0,
+        flags=("--max-requests-in-flight", "--limit-concurrency"),
     )
     header_timeout: float = _opt(
         30.0, "Seconds a new connection gets to send a complete request head.", min=0
@@ -88,16 +160,26 @@ class ServerConfig:
         "Seconds between WebSocket pings; a peer that does not answer within half of it "
         "is disconnected (0 turns pings off).",
         min=0,
+        flags=("--ws-ping-interval",),
     )
     ws_max_message_size: int = _opt(
-        16 * 1024 * 1024, "Largest WebSocket message accepted, in bytes (close code 1009).", min=1
+        16 * 1024 * 1024,
+        "Largest WebSocket message accepted, in bytes (close code 1009).",
+        min=1,
+        flags=("--ws-max-message-size", "--ws-max-size"),
     )
 
 
 @dataclass(frozen=True)
 class AdminConfig:
-    host: str = _opt("0.0.0.0", "Address the admin port (probes, preStop, metrics) binds to.")
-    port: int = _opt(8081, "Admin port (0 picks a free port).", min=0, max=65535)
+    host: str = _opt(
+        "0.0.0.0",
+        "Address the admin port (probes, preStop, metrics) binds to.",
+        flags=("--admin-host",),
+    )
+    port: int = _opt(
+        8081, "Admin port (0 picks a free port).", min=0, max=65535, flags=("--admin-port",)
+    )
     token: str = _opt(
         "",
         "Bearer token every caller of `/prestop` must present (at least 16 bytes, e.g. "
@@ -105,7 +187,7 @@ class AdminConfig:
         "from a Secret. Never printed.",
         secret=True,
     )
-    token_file: str = _opt("", "File holding the admin token (a mounted Secret).")
+    token_file: str = _opt("", "File holding the admin token (a mounted Secret).", path=True)
     allow_from: str = _opt(
         "",
         "Comma-separated addresses/CIDRs allowed to call `/prestop`; empty: any address, "
@@ -127,9 +209,20 @@ class LifespanConfig:
         "auto",
         "`auto`: run lifespan, serve anyway if the app does not support it; "
         "`on`: lifespan must succeed; `off`: never run it.",
+        flags=("--lifespan",),
     )
-    startup_timeout: float = _opt(60.0, "Seconds to wait for `lifespan.startup.complete`.", min=0)
-    shutdown_timeout: float = _opt(30.0, "Seconds to wait for `lifespan.shutdown.complete`.", min=0)
+    startup_timeout: float = _opt(
+        60.0,
+        "Seconds to wait for `lifespan.startup.complete`.",
+        min=0,
+        flags=("--startup-timeout",),
+    )
+    shutdown_timeout: float = _opt(
+        30.0,
+        "Seconds to wait for `lifespan.shutdown.complete`.",
+        min=0,
+        flags=("--shutdown-timeout",),
+    )
     startup_attempts: int = _opt(1, "Lifespan startup attempts before exiting with code 3.", min=1)
     retry_backoff: float = _opt(
         1.0, "Seconds before the second attempt; doubles after each failure.", min=0
@@ -160,11 +253,13 @@ class ShutdownConfig:
         "Seconds to keep serving after being marked not ready, while load balancers "
         "remove the pod from their endpoints.",
         min=0,
+        flags=("--drain-delay",),
     )
     graceful_timeout: float = _opt(
         20.0,
         "Seconds in-flight requests get, after the drain delay, to finish before they are cut.",
         min=0,
+        flags=("--graceful-timeout", "--timeout-graceful-shutdown"),
     )
     drain_mode: Literal["idle", "fixed"] = _opt(
         "idle",
@@ -181,15 +276,42 @@ class ShutdownConfig:
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    level: Literal["debug", "info", "warning", "error", "critical"] = _opt("info", "Log level.")
-    format: Literal["text", "json"] = _opt("text", "`text` or `json` (one object per line).")
-    access_log: bool = _opt(False, "Log one line per HTTP request.")
+    level: Literal["debug", "info", "warning", "error", "critical"] = _opt(
+        "info", "Log level.", flags=("--log-level",)
+    )
+    format: Literal["text", "json"] = _opt(
+        "text", "`text` or `json` (one object per line).", flags=("--log-format",)
+    )
+    access_log: bool = _opt(
+        False,
+        "Log one line per HTTP request, with a request id (`x-request-id`, taken from the "
+        "request or generated, and returned in the response).",
+        flags=("--access-log",),
+    )
+    access_log_format: str = _opt(
+        ACCESS_LOG_FORMAT,
+        "The text access log line, with `%(field)s` placeholders for the fields of the "
+        "JSON access log (see Logs) and `request_line`, `reason`, `http_version`.",
+        flags=("--access-log-format",),
+    )
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
     requests: bool = _opt(
         True, "Record per-request metrics (count, duration histogram, in-flight)."
+    )
+    max_routes: int = _opt(
+        100,
+        "Distinct route labels on request metrics; requests on routes beyond them count "
+        "under the route `other`, so the number of series stays bounded.",
+        min=1,
+    )
+    names: Literal["sidecar", "opentelemetry"] = _opt(
+        "sidecar",
+        "`sidecar`: `sidecar_http_requests_total` and `sidecar_http_request_duration_seconds`; "
+        "`opentelemetry`: `http_server_request_duration_seconds` with the OpenTelemetry HTTP "
+        "semantic-convention labels instead.",
     )
 
 
@@ -260,6 +382,41 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class ReloadConfig:
+    """Development only: restart the app when its files change."""
+
+    enabled: bool = _opt(
+        False,
+        "Restart the app when a watched file changes (development only; one worker).",
+        flags=("--reload",),
+    )
+    dirs: str = _opt(
+        "",
+        "Comma-separated directories to watch; empty: the current directory.",
+        flags=("--reload-dir",),
+        repeatable=True,
+    )
+    includes: str = _opt(
+        "*.py",
+        "Comma-separated glob patterns of the files whose changes restart the app.",
+        flags=("--reload-include",),
+        repeatable=True,
+    )
+    excludes: str = _opt(
+        ".*, .py[cod], .sw.*, ~*",
+        "Comma-separated glob patterns (or directories) whose changes are ignored.",
+        flags=("--reload-exclude",),
+        repeatable=True,
+    )
+    delay: float = _opt(
+        0.25,
+        "Seconds to wait after a change for more changes before restarting.",
+        min=0,
+        flags=("--reload-delay",),
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     app: AppConfig = field(default_factory=AppConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -269,6 +426,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    reload: ReloadConfig = field(default_factory=ReloadConfig)
 
     def to_document(self) -> dict[str, dict[str, Any]]:
         """The whole configuration as plain data that ``load_config(document=)`` reads.
@@ -320,6 +478,8 @@ class KeySpec:
     default: Any
     doc: str
     bounds: Mapping[str, Any]
+    #: Command-line flags that set the key: its own name first, then aliases (uvicorn's).
+    flags: tuple[str, ...] = ()
 
     @property
     def path(self) -> str:
@@ -361,8 +521,18 @@ def _field_specs(section: str, cls: type[Any]) -> list[KeySpec]:
     hints = typing.get_type_hints(cls)
     specs = []
     for f in dataclasses.fields(cls):
-        bounds = {k: v for k, v in f.metadata.items() if k != "doc"}
-        specs.append(KeySpec(section, f.name, hints[f.name], f.default, f.metadata["doc"], bounds))
+        bounds = {k: v for k, v in f.metadata.items() if k not in ("doc", "flags")}
+        specs.append(
+            KeySpec(
+                section,
+                f.name,
+                hints[f.name],
+                f.default,
+                f.metadata["doc"],
+                bounds,
+                tuple(f.metadata.get("flags", ())),
+            )
+        )
     return specs
 
 

@@ -19,6 +19,8 @@ from ..addresses import parse_networks
 from ..errors import ConfigError
 from ..probe import BUILTIN_CHECKS, CHECK_NAME, CHECK_NAME_FORM
 from .schema import (
+    ACCESS_LOG_FIELDS,
+    ACCESS_LOG_TEXT_FIELDS,
     ENV_PREFIX,
     REDACTED,
     SECTIONS,
@@ -351,6 +353,8 @@ def _override_layer(overrides: Mapping[str, Any], problems: list[str]) -> _Layer
 
 def _check_ports(config: Config, problems: list[str]) -> None:
     app, admin = config.server, config.admin
+    if app.uds or app.fd >= 0:
+        return  # the app port is not a TCP port of ours
     if app.port == 0 or admin.port == 0 or app.port != admin.port:
         return
     if _hosts_overlap(app.host, admin.host):
@@ -389,6 +393,53 @@ def _check_server(config: Config, problems: list[str]) -> None:
         value = getattr(server, key)
         if value and not Path(value).is_file():
             problems.append(f"server.{key}: no such file {value!r}; expected a PEM file")
+    if server.uds and server.fd >= 0:
+        problems.append(
+            f"server.uds ({server.uds!r}) and server.fd ({server.fd}) are both set; expected "
+            "one of them (or neither, to bind server.host and server.port)"
+        )
+    if server.uds and not Path(server.uds).parent.is_dir():
+        problems.append(
+            f"server.uds: no directory {str(Path(server.uds).parent)!r} for the socket "
+            f"{server.uds!r}; expected a path in an existing directory"
+        )
+
+
+def _check_logging(config: Config, problems: list[str]) -> None:
+    form = config.logging.access_log_format
+    fields = {**ACCESS_LOG_FIELDS, **ACCESS_LOG_TEXT_FIELDS}
+    try:
+        form % fields
+    except KeyError as exc:
+        problems.append(
+            f"invalid value {form!r} for logging.access_log_format: unknown field {exc}; "
+            f"expected %(field)s placeholders of: {', '.join(fields)}"
+        )
+    except (ValueError, TypeError) as exc:
+        problems.append(
+            f"invalid value {form!r} for logging.access_log_format: {exc}; expected "
+            "printf-style placeholders such as %(method)s, %(status)d, %(duration_ms).1f"
+        )
+
+
+def _check_reload(config: Config, problems: list[str]) -> None:
+    reload = config.reload
+    if not reload.enabled:
+        return
+    if config.server.workers > 1:
+        problems.append(
+            f"reload.enabled (--reload) cannot be combined with server.workers "
+            f"({config.server.workers}); expected server.workers 1 for development with reload"
+        )
+    for directory in _split(reload.dirs):
+        if not Path(directory).is_dir():
+            problems.append(
+                f"reload.dirs: no such directory {directory!r}; expected directories to watch"
+            )
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 def _check_admin(config: Config, problems: list[str]) -> None:
@@ -522,6 +573,8 @@ def load_config(
     _check_coherence(config, problems)
     _check_server(config, problems)
     _check_admin(config, problems)
+    _check_logging(config, problems)
+    _check_reload(config, problems)
     if problems:
         raise ConfigError(problems)
     return config

@@ -113,6 +113,8 @@ class CheckScheduler:
                 )
             self._entries[definition.name] = entry
             loop = self._admin_loop
+        # Exported from the start, so a first failure is an increase.
+        self._metrics.add_check(definition.name)
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # the admin loop closed in between
                 loop.call_soon_threadsafe(self._start, entry)

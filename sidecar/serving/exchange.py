@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from ..errors import UnexpectedMessageError
 from ..types import ASGIApp, Message, Scope
 from ._aiohttp import EMPTY_PAYLOAD, RawRequestMessage, StreamReader, drain
+from .access import REQUEST_ID_HEADER
 from .body import NO_LIMITS, BodyLimits, BodyRefused, read_piece
 from .response import (
     ERROR_HEADERS,
@@ -76,6 +77,7 @@ class HttpExchange:
         "_on_done",
         "_received",
         "_recorded",
+        "_request_id",
         "_sent",
         "_task",
         "client",
@@ -85,6 +87,7 @@ class HttpExchange:
         "keep_alive",
         "message",
         "payload",
+        "scope",
         "server",
         "started",
         "started_at",
@@ -123,7 +126,11 @@ class HttpExchange:
         self._continued = False
         self._no_body = False
         self._declared: int | None = None
+        # Body bytes written (not counting chunk framing).
         self._sent = 0
+        self._request_id: bytes | None = None
+        #: The scope the app was called with (None for a request refused before it).
+        self.scope: Scope | None = None
         self.status = 0
         #: Whether the connection may serve another request after this one.
         self.keep_alive = keep_alive
@@ -157,6 +164,7 @@ class HttpExchange:
         app call has ended, however it ended.
         """
         self._on_complete = on_complete
+        self.scope = scope
         self._task = asyncio.get_running_loop().create_task(self._call(app, scope, on_end))
 
     async def _call(self, app: ASGIApp, scope: Scope, on_end: Recorder) -> None:
@@ -213,6 +221,21 @@ class HttpExchange:
     def close_connection(self) -> None:
         """Close the connection after this response (the server is stopping)."""
         self.keep_alive = False
+
+    def set_request_id(self, value: str) -> None:
+        """Send ``x-request-id: value`` with the response, unless the app sends its own."""
+        self._request_id = value.encode("ascii")
+
+    @property
+    def request_id(self) -> str | None:
+        """The id ``set_request_id`` gave this request."""
+        value = self._request_id
+        return value.decode("ascii") if value is not None else None
+
+    @property
+    def bytes_sent(self) -> int:
+        """Body bytes written so far (without chunked framing)."""
+        return self._sent
 
     # -- disconnect ---------------------------------------------------------------------
 
@@ -421,9 +444,15 @@ class HttpExchange:
     def _head(self, length: int | None) -> bytes:
         """Serialize the status line and headers and decide the framing of the body."""
         message = self.message
+        headers: Sequence[tuple[bytes, bytes]] = self._headers or ()
+        request_id = self._request_id
+        if request_id is not None and not any(
+            name.lower() == REQUEST_ID_HEADER for name, _ in headers
+        ):
+            headers = [*headers, (REQUEST_ID_HEADER, request_id)]
         head = serialize_head(
             self.status,
-            self._headers or (),
+            headers,
             version=self.version,
             method=message.method,
             length=length,
@@ -450,6 +479,7 @@ class HttpExchange:
         if self._no_body:
             data = head
         elif self._chunked:
+            self._sent += len(body)
             data = head + (b"%x\r\n%s\r\n" % (len(body), body) if body else b"")
             if not more:
                 data += b"0\r\n\r\n"

@@ -15,9 +15,12 @@ deadline on the loop's clock that the runner computed once: ``end_streams``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import socket
 import ssl
+import stat
 import time
 from typing import Any
 
@@ -25,10 +28,12 @@ from aiohttp import web
 
 from ..aio import first_of
 from ..config import ServerConfig
+from ..config.schema import ACCESS_LOG_FORMAT
 from ..errors import BindError, ConfigError
 from ..metrics import Metrics
 from ..types import ASGIApp
 from ._aiohttp import EMPTY_PAYLOAD, AsgiRequest, finished, websocket_server
+from .access import REQUEST_ID_HEADER, UNMATCHED, AccessLog, access_record, request_id, route_of
 from .connection import Connections, ConnectionSettings, address
 from .exchange import ClientDisconnected, HttpExchange
 from .response import RETRY_AFTER
@@ -55,12 +60,14 @@ class AppServer:
         *,
         metrics: Metrics | None = None,
         access_log: bool = False,
+        access_log_format: str = ACCESS_LOG_FORMAT,
         websocket_close_code: int,
     ) -> None:
         self._config = config
         self._app = app
         self._stats = metrics.requests if metrics is not None else None
-        self._access_log = access_log
+        self._root_path = config.root_path
+        self._access = AccessLog(access_logger, access_log_format) if access_log else None
         # Bound once: a bound method built per request shows up in the request path.
         self._on_complete = self._completed if access_log or self._stats is not None else None
         self._on_end = self._ended
@@ -92,6 +99,8 @@ class AppServer:
         self._ending_streams = False
         self._websocket_close_code = websocket_close_code
         self.address: tuple[str, int] | None = None
+        #: Where the app port listens, for people: ``http://host:port`` or ``unix:path``.
+        self.url = "http://?"
         #: Requests still running at the graceful deadline, cut by ``cut()``: answered 503
         #: before their response started, and cut during it.
         self.aborted = 0
@@ -143,9 +152,21 @@ class AppServer:
         return self._connections
 
     async def start(self) -> None:
-        """Bind the listening socket; raise ``BindError`` when that is impossible."""
+        """Listen on the app port; raise ``BindError`` when that is impossible.
+
+        The port is ``server.host``/``server.port``, or a Unix domain socket
+        (``server.uds``), or a socket bound by whoever started the process (``server.fd``).
+        """
+        config = self._config
+        if config.uds:
+            await self._start_unix(config.uds)
+        elif config.fd >= 0:
+            await self._start_inherited(config.fd)
+        else:
+            await self._start_tcp(config.host, config.port)
+
+    async def _start_tcp(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        host, port = self._config.host, self._config.port
         try:
             self._server = await loop.create_server(
                 self.connection_factory(),
@@ -160,9 +181,68 @@ class AppServer:
                 f"cannot bind the app port {host}:{port} (server.host/server.port): "
                 f"{exc.strerror or exc}"
             ) from exc
-        sock: socket.socket = self._server.sockets[0]
+        self._bound(self._server.sockets[0])
+
+    async def _start_unix(self, path: str) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISSOCK(os.stat(path).st_mode):
+                raise BindError(
+                    f"cannot bind the app socket {path!r} (server.uds): the path exists and "
+                    "is not a socket"
+                )
+        try:
+            # asyncio replaces a stale socket file left by an earlier process.
+            self._server = await loop.create_unix_server(
+                self.connection_factory(),
+                path,
+                backlog=self._config.backlog,
+                ssl=self._tls_context(),
+            )
+        except OSError as exc:
+            raise BindError(
+                f"cannot bind the app socket {path!r} (server.uds): {exc.strerror or exc}"
+            ) from exc
+        self.url = f"unix:{path}"
+
+    async def _start_inherited(self, fd: int) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            raise BindError(
+                f"cannot use file descriptor {fd} as the app port (server.fd): "
+                f"{exc.strerror or exc}"
+            ) from exc
+        if sock.type != socket.SOCK_STREAM:
+            sock.detach()
+            raise BindError(
+                f"cannot use file descriptor {fd} as the app port (server.fd): not a stream "
+                "socket; expected a bound TCP or Unix socket"
+            )
+        try:
+            # Listens if the parent only bound it; on a listening socket it sets the backlog.
+            sock.listen(self._config.backlog)
+            self._server = await loop.create_server(
+                self.connection_factory(),
+                sock=sock,
+                backlog=self._config.backlog,
+                ssl=self._tls_context(),
+            )
+        except OSError as exc:
+            raise BindError(
+                f"cannot serve on file descriptor {fd} (server.fd): {exc.strerror or exc}"
+            ) from exc
+        if sock.family == socket.AF_UNIX:
+            self.url = f"unix:{sock.getsockname()} (fd {fd})"
+        else:
+            self._bound(sock, f" (fd {fd})")
+
+    def _bound(self, sock: socket.socket, note: str = "") -> None:
         bound = sock.getsockname()
         self.address = (bound[0], bound[1])
+        host, port = self.address
+        self.url = (f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}") + note
 
     def _tls_context(self) -> ssl.SSLContext | None:
         config = self._config
@@ -191,6 +271,13 @@ class AppServer:
         """
         if self._closing:
             exchange.close_connection()
+        generated: bytes | None = None
+        if self._access is not None:
+            # Every logged request has an id, and its response tells the client which.
+            value, made = request_id(exchange.message.headers.get("X-Request-Id"))
+            exchange.set_request_id(value)
+            if made:
+                generated = value.encode("ascii")
         limit = self._max_in_flight
         if (
             over_cap
@@ -209,6 +296,9 @@ class AppServer:
             logger.exception("cannot build the scope of %s %s", message.method, message.path)
             self._refuse(exchange, 500, close=True)
             return
+        if generated is not None:
+            # The app sees the id the access log and the client see.
+            scope["headers"].append((REQUEST_ID_HEADER, generated))
         if self._ending_streams:
             exchange.end_listening()
         active = self._active
@@ -278,9 +368,9 @@ class AppServer:
     ) -> None:
         """Answer for the app and count it; refused requests are in the access log too."""
         if self._stats is not None:
-            self._stats.observe(exchange.message.method, status, 0.0)
+            self._stats.observe(exchange.message.method, UNMATCHED, status, 0.0)
         exchange.fail(status, headers, close=close)
-        if self._access_log:
+        if self._access is not None:
             self._log_access(exchange, status, time.perf_counter() - exchange.started_at)
 
     def _completed(self, exchange: HttpExchange) -> None:
@@ -295,21 +385,35 @@ class AppServer:
         stats = self._stats
         if stats is not None:
             stats.in_flight -= 1
-            stats.observe(exchange.message.method, status, elapsed)
-        if self._access_log:
+            scope = exchange.scope
+            # Most apps without a router set neither key: skip the call for them.
+            if scope is not None and ("route" in scope or "path_template" in scope):
+                route = route_of(scope, self._root_path)
+            else:
+                route = UNMATCHED
+            stats.observe(exchange.message.method, route, status, elapsed)
+        if self._access is not None:
             self._log_access(exchange, status, elapsed)
 
     def _log_access(self, exchange: HttpExchange, status: int, elapsed: float) -> None:
-        client = exchange.client
+        access = self._access
+        if access is None:  # pragma: no cover - called only with the access log on
+            return
         message = exchange.message
-        access_logger.info(
-            '%s - "%s %s HTTP/%s" %d %.1fms',
-            client[0] if client is not None else "-",
-            message.method,
-            message.path,
-            exchange.version,
-            status,
-            elapsed * 1000,
+        access.write(
+            access_record(
+                method=message.method,
+                target=message.path,
+                version=exchange.version,
+                headers=message.headers,
+                scope=exchange.scope,
+                client=exchange.client,
+                status=status,
+                seconds=elapsed,
+                sent=exchange.bytes_sent,
+                request_id=exchange.request_id,
+                root_path=self._root_path,
+            )
         )
 
     # -- WebSockets ---------------------------------------------------------------------
@@ -465,6 +569,12 @@ class AppServer:
         self._closing = True
         if self._server is not None:
             self._server.close()
+        uds = self._config.uds
+        if uds and self.url.startswith("unix:"):
+            # Our own socket file; asyncio leaves it behind.
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.stat(uds).st_mode):
+                    os.unlink(uds)
         if self._connections is not None:
             self._connections.close_all()
         if self._ws_server is not None:

@@ -23,6 +23,7 @@ settings.configure(
     MIDDLEWARE=[
         "django.middleware.security.SecurityMiddleware",
         "django.middleware.common.CommonMiddleware",
+        "sidecar.integrations.django.RouteMiddleware",
     ],
     USE_TZ=True,
     LOGGING_CONFIG=None,
@@ -88,8 +89,13 @@ def download(request: HttpRequest) -> FileResponse:
     return FileResponse(data_file().open("rb"), as_attachment=True, filename="report.csv")
 
 
+async def item(request: HttpRequest, pk: int) -> JsonResponse:
+    return JsonResponse({"item": pk})
+
+
 urlpatterns = [
     path("", index),
+    path("items/<int:pk>/", item),
     path("info/", info),
     path("echo/", echo),
     path("stream/", stream),

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import (
+    APIRouter,
     BackgroundTasks,
     Depends,
     FastAPI,
@@ -158,3 +159,15 @@ async def room(websocket: WebSocket, room: str, settings: SettingsDep) -> None:
             await websocket.send_json({"room": room, "greeting": settings.greeting, "got": data})
     except WebSocketDisconnect:
         return
+
+
+# A router with a prefix: its routes' paths carry the prefix (the route label shows it).
+orders = APIRouter(prefix="/v1")
+
+
+@orders.get("/orders/{order_id}")
+async def read_order(order_id: int) -> dict[str, int]:
+    return {"order": order_id}
+
+
+app.include_router(orders)

@@ -1,0 +1,1 @@
+"""Small adapters for frameworks, imported only by apps that use them."""
