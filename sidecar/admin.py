@@ -28,7 +28,6 @@ from aiohttp import web
 from .auth import AdminGuard
 from .config import AdminConfig
 from .errors import BindError
-from .metrics import Metrics
 from .probe import Check, Probe, passes
 from .state import Lifecycle
 
@@ -43,6 +42,10 @@ _PROBES = {"/" + probe.endpoint: probe for probe in Probe} | {"/healthz": Probe.
 _HEALTHZ_WARNING = '299 - "/healthz is deprecated; use /livez"'
 
 BackgroundTask = Callable[[], Coroutine[Any, Any, None]]
+
+
+class MetricsSource(Protocol):
+    def render(self, accept: str | None) -> tuple[bytes, str]: ...
 
 
 class ProbeSource(Protocol):
@@ -132,13 +135,17 @@ class AdminServer:
         self,
         config: AdminConfig,
         lifecycle: Lifecycle,
-        metrics: Metrics,
+        metrics: MetricsSource,
         probes: ProbeSource,
         *,
         background: Sequence[BackgroundTask] = (),
         guard: AdminGuard | None = None,
+        serve_port: bool = True,
     ) -> None:
+        """``serve_port`` false runs the thread's background tasks without a port (a
+        worker of a pod with several: its supervisor serves the admin port)."""
         self._config = config
+        self._serve_port = serve_port
         self.guard = guard if guard is not None else AdminGuard("", "")
         self._lifecycle = lifecycle
         self._metrics = metrics
@@ -181,6 +188,21 @@ class AdminServer:
 
     async def _serve(self) -> None:
         self._stopped = asyncio.Event()
+        runner = await self._bind() if self._serve_port else None
+        tasks = [asyncio.create_task(start()) for start in self._background]
+        for task in tasks:
+            task.add_done_callback(_report_crash)
+        self.bound.set()
+        try:
+            await self._stopped.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if runner is not None:
+                await runner.cleanup()
+
+    async def _bind(self) -> web.AppRunner:
         app = web.Application(handler_args={"access_log": None})
         app.on_response_prepare.append(_without_server_header)
         for path in _PROBES:
@@ -204,17 +226,7 @@ class AdminServer:
             ) from exc
         bound = runner.addresses[0]
         self.address = (bound[0], bound[1])
-        tasks = [asyncio.create_task(start()) for start in self._background]
-        for task in tasks:
-            task.add_done_callback(_report_crash)
-        self.bound.set()
-        try:
-            await self._stopped.wait()
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await runner.cleanup()
+        return runner
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop serving and join the thread (safe to call more than once)."""

@@ -25,7 +25,7 @@ import click
 
 from ._version import __version__
 from .config import Config, KeySpec, dump_config, key_specs, load_config, require_target
-from .errors import AppLoadError, BindError, ConfigError, LifespanError
+from .errors import AppLoadError, BindError, ConfigError, LifespanError, SidecarError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -77,15 +77,6 @@ REFUSED_FLAGS: dict[str, tuple[bool, str]] = {
     "--no-date-header": (
         False,
         "a Date header is sent unless the app sends one: set it in the app to control it",
-    ),
-    "--limit-max-requests": (
-        True,
-        "the process does not restart itself after a number of requests; the kubelet "
-        "restarts a pod whose /livez fails",
-    ),
-    "--limit-max-requests-jitter": (
-        True,
-        "the process does not restart itself after a number of requests: drop the flag",
     ),
     "--timeout-worker-healthcheck": (
         True,
@@ -356,14 +347,19 @@ def serve(config: Config) -> NoReturn:
     from .runner import run
 
     try:
-        run(config)
+        if config.server.workers > 1:
+            from .workers import run_supervisor
+
+            run_supervisor(config)
+        else:
+            run(config)
     except ConfigError as exc:
         _fatal(EXIT_CONFIG, "; ".join(exc.problems))
     except AppLoadError as exc:
         _fatal(EXIT_STARTUP, str(exc), trace=exc.trace)
     except LifespanError as exc:
         _fatal(EXIT_STARTUP, f"the app failed to start ({exc.reason}): {str(exc).splitlines()[0]}")
-    except BindError as exc:
+    except (BindError, SidecarError) as exc:  # a port that cannot be bound; workers failing
         _fatal(EXIT_ERROR, str(exc))
     except Exception:
         logger.exception("internal error")

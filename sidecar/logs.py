@@ -37,8 +37,9 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     """The human-readable line, with a traceback passed as ``extra`` on the lines below."""
 
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    def __init__(self, *, worker: int | None = None) -> None:
+        where = "%(name)s" if worker is None else f"worker {worker} %(name)s"
+        super().__init__(f"%(asctime)s %(levelname)-7s {where}: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
@@ -46,13 +47,30 @@ class TextFormatter(logging.Formatter):
         return f"{text}\n{trace}" if trace else text
 
 
-def configure_logging(config: LoggingConfig) -> None:
-    """Send the sidecar's logs to stderr in the configured format and level."""
+class _Worker(logging.Filter):
+    """Say which worker a record comes from (a ``worker`` field; in text, a prefix)."""
+
+    def __init__(self, slot: int) -> None:
+        super().__init__()
+        self._slot = slot
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self._slot
+        return True
+
+
+def configure_logging(config: LoggingConfig, *, worker: int | None = None) -> None:
+    """Send the sidecar's logs to stderr in the configured format and level.
+
+    A worker of a pod with several (``worker``, its slot) marks its records with it.
+    """
     handler = logging.StreamHandler(sys.stderr)
     if config.format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(TextFormatter())
+        handler.setFormatter(TextFormatter(worker=worker))
+    if worker is not None:
+        handler.addFilter(_Worker(worker))
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)

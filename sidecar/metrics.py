@@ -51,7 +51,8 @@ def _bucket_label(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
-def _cumulative(bounds: Sequence[float], counts: Sequence[float]) -> list[tuple[str, float]]:
+def cumulative(bounds: Sequence[float], counts: Sequence[float]) -> list[tuple[str, float]]:
+    """Histogram buckets, cumulative, from observations per bucket (the last is +Inf)."""
     buckets: list[tuple[str, float]] = []
     running = 0.0
     for bound, count in zip((*bounds, float("inf")), counts, strict=True):
@@ -155,7 +156,8 @@ class RequestStats(Collector):
         self._records = {**self._records, method: {**by_route, route: codes}}
         return record
 
-    def _snapshot(self) -> list[tuple[tuple[str, str, int], list[float]]]:
+    def snapshot(self) -> list[tuple[tuple[str, str, int], list[float]]]:
+        """Every record as ``((method, route, status), [per bucket..., sum])``, copied."""
         return sorted(
             ((method, route, status), list(record))
             for method, by_route in self._records.items()
@@ -164,7 +166,12 @@ class RequestStats(Collector):
         )
 
     def collect(self) -> Iterable[Metric]:
-        snapshot = self._snapshot()
+        return self.families(self.snapshot(), self.in_flight)
+
+    def families(
+        self, snapshot: list[tuple[tuple[str, str, int], list[float]]], in_flight: int
+    ) -> Iterable[Metric]:
+        """The metric families of ``snapshot`` (this process's, or several summed)."""
         if self._names == "opentelemetry":
             yield from self._collect_opentelemetry(snapshot)
         else:
@@ -172,7 +179,7 @@ class RequestStats(Collector):
         yield GaugeMetricFamily(
             "sidecar_http_requests_in_flight",
             "HTTP requests received whose response is not complete yet.",
-            value=self.in_flight,
+            value=in_flight,
         )
 
     def _collect_sidecar(
@@ -197,7 +204,7 @@ class RequestStats(Collector):
         )
         for labels, record in sorted(by_class.items()):
             duration.add_metric(
-                list(labels), _cumulative(self._bounds, record[:-1]), sum_value=record[-1]
+                list(labels), cumulative(self._bounds, record[:-1]), sum_value=record[-1]
             )
         yield duration
 
@@ -219,7 +226,7 @@ class RequestStats(Collector):
                     "" if route == UNMATCHED_ROUTE else route,
                     str(status),
                 ],
-                _cumulative(self._bounds, record[:-1]),
+                cumulative(self._bounds, record[:-1]),
                 sum_value=record[-1],
             )
         yield duration
@@ -245,6 +252,10 @@ class LoopLagStats(Collector):
         self._counts[bisect_left(self._bounds, seconds)] += 1
         self._sum += seconds
 
+    def snapshot(self) -> list[float]:
+        """The observations per bucket (the last is +Inf) and their sum, copied."""
+        return [*self._counts, self._sum]
+
     def collect(self) -> Iterable[Metric]:
         sampler = self.sampler
         if sampler is None:
@@ -254,7 +265,7 @@ class LoopLagStats(Collector):
             "sidecar_event_loop_lag_seconds",
             "How late each heartbeat ran on the app's event loop.",
         )
-        lag.add_metric([], _cumulative(self._bounds, counts), sum_value=total)
+        lag.add_metric([], cumulative(self._bounds, counts), sum_value=total)
         yield lag
         current, longest = sampler()
         yield GaugeMetricFamily(

@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry
 
@@ -62,13 +62,23 @@ from .metrics import STARTUP_FAILURE_REASONS, Metrics
 from .probe import Probe, passes
 from .record import StartupRecord
 from .serving import AppServer
-from .state import Lifecycle, Phase, Transition
+from .state import Lifecycle, Phase, log_transition
 from .types import ASGIApp
 
 logger = logging.getLogger("sidecar")
 
 T = TypeVar("T")
 ShutdownTrigger = Callable[[], Awaitable[Any]]
+
+
+class Reporter(Protocol):
+    """A worker's link to its supervisor (``workers.link.WorkerLink``)."""
+
+    status: Callable[[], dict[str, Any]]
+    stop: Callable[[bool], None]
+    dump: Callable[[], None]
+
+    async def run(self) -> None: ...
 
 
 class Sidecar:
@@ -84,9 +94,16 @@ class Sidecar:
         clock: Callable[[], float] = time.monotonic,
         on_abort: Callable[[int], None] | None = None,
         on_terminal: Callable[[], bool] | None = None,
+        link: Reporter | None = None,
     ) -> None:
         """``on_abort`` ends the process with the given code on a third signal (the CLI
-        passes ``os._exit``); without it, further signals only repeat the second one."""
+        passes ``os._exit``); without it, further signals only repeat the second one.
+
+        With ``link`` this is a worker of a pod with several: no admin port (the
+        supervisor serves it), the status goes to the supervisor, which also decides
+        when to stop; SIGINT is left to the supervisor.
+        """
+        self._link = link
         self.config = config
         # Whether a person at a terminal started this process (SIGINT is their Ctrl-C).
         self._on_terminal = on_terminal if on_terminal is not None else _stdin_is_a_terminal
@@ -101,7 +118,7 @@ class Sidecar:
             max_routes=config.metrics.max_routes,
             request_metric_names=config.metrics.names,
         )
-        self.lifecycle.subscribe(self._on_transition)
+        self.lifecycle.subscribe(log_transition)
         self.loop_monitor = LoopMonitor(config.health, self.metrics.loop_lag)
         self.checks = CheckScheduler(self.metrics)
         probes = Probes(config.health, self.lifecycle, self.loop_monitor, self.checks)
@@ -114,13 +131,22 @@ class Sidecar:
             self.lifecycle,
             self.metrics,
             probes,
-            background=(self.loop_monitor.watch, self.checks.run),
+            background=(
+                self.loop_monitor.watch,
+                self.checks.run,
+                *((link.run,) if link is not None else ()),
+            ),
             guard=AdminGuard(
                 load_token(config.admin),
                 config.admin.allow_from,
                 trust_loopback=config.admin.trust_loopback,
             ),
+            serve_port=link is None,
         )
+        if link is not None:
+            link.status = self._worker_status
+            link.stop = lambda force: self.request_shutdown(force=force)
+            link.dump = self.loop_monitor.dump_now
         self._config_checks_added = False
         self.app_server: AppServer | None = None
         #: Set once the app port is bound and the sidecar reports ready.
@@ -209,20 +235,62 @@ class Sidecar:
             passes(probes.checks(Probe.LIVENESS)),
         )
 
-    def _on_transition(self, change: Transition) -> None:
-        logger.info(
-            "phase %s -> %s after %.3fs%s",
-            change.previous.value,
-            change.phase.value,
-            change.duration,
-            f" ({change.detail})" if change.detail else "",
-            extra={
-                "event": "transition",
-                "phase": change.phase.value,
-                "previous": change.previous.value,
-                "duration_s": round(change.duration, 6),
+    def _worker_status(self) -> dict[str, Any]:
+        """What a worker reports to its supervisor (on the admin thread, twice a second).
+
+        The supervisor decides with the verdicts and sums the counters; the keys are read
+        by ``workers.pool``, ``workers.probes`` and ``workers.metrics``.
+        """
+        probes, metrics, server = self.probes, self.metrics, self.app_server
+        checks = {probe: probes.checks(probe) for probe in Probe}
+        lines = {
+            probe.value: [[c.name, c.ok, c.message, c.critical] for c in found]
+            for probe, found in checks.items()
+        }
+        labelled: dict[str, dict[str, float]] = {}
+        counters: dict[str, float] = {}
+        for instrument in (
+            metrics.requests_aborted,
+            metrics.shutdown_failures,
+            metrics.check_failures,
+            metrics.lifespan_crashes,
+        ):
+            for family in instrument.collect():
+                for sample in family.samples:
+                    if not sample.name.endswith("_total"):
+                        continue
+                    if sample.labels:
+                        [label] = sample.labels.values()
+                        labelled.setdefault(family.name, {})[label] = sample.value
+                    else:
+                        counters[family.name] = sample.value
+        statuses = {
+            sample.labels["check"]: sample.value
+            for family in metrics.check_status.collect()
+            for sample in family.samples
+        }
+        lag, longest = self.loop_monitor.sample()
+        return {
+            "pid": os.getpid(),
+            "phase": self.lifecycle.phase.value,
+            "started": self.lifecycle.startup_complete,
+            "ready": passes(checks[Probe.READINESS]),
+            "live": passes(checks[Probe.LIVENESS]),
+            **lines,
+            "lag": lag,
+            "longest_stall": longest,
+            "requests": metrics.requests.snapshot(),
+            "loop_lag": metrics.loop_lag.snapshot(),
+            "counters": counters,
+            "labelled": labelled,
+            "checks": statuses,
+            "gauges": {
+                "in_flight": metrics.requests.in_flight,
+                "connections_open": server.connections_open if server is not None else 0,
+                "websocket_connections": server.websocket_connections if server else 0,
             },
-        )
+            "served": server.served if server is not None else 0,
+        }
 
     def _on_lifespan_crash(self, message: str) -> None:
         self.metrics.lifespan_crashes.inc()
@@ -241,7 +309,12 @@ class Sidecar:
         installed: list[signal.Signals] = []
         trigger_task: asyncio.Task[None] | None = None
         if shutdown_trigger is None:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            # A worker leaves SIGINT (a terminal's Ctrl-C, sent to the whole process
+            # group) to its supervisor, which counts it once.
+            signals = (
+                (signal.SIGTERM,) if self._link is not None else (signal.SIGTERM, signal.SIGINT)
+            )
+            for signum in signals:
                 loop.add_signal_handler(signum, self._on_signal, signum)
                 installed.append(signum)
         else:
@@ -250,8 +323,9 @@ class Sidecar:
         self.loop_monitor.start(loop)
         try:
             self.admin.start()
-            logger.info("admin endpoints on %s", _url(self.admin.address))
-            if self.admin.guard.open:
+            if self._link is None:
+                logger.info("admin endpoints on %s", _url(self.admin.address))
+            if self.admin.guard.open and self._link is None:
                 logger.info(
                     "/prestop accepts any caller; set admin.token (or admin.token_file) so "
                     "that only the kubelet's hook and operators can drain this pod"
@@ -569,16 +643,10 @@ def _stdin_is_a_terminal() -> bool:
         return False
 
 
-def run(config: Config) -> None:
-    """Run a sidecar for ``config`` in this thread until it stops (the CLI's entry)."""
-    workers = config.server.workers
-    if workers > 1:
-        raise ConfigError(
-            [
-                f"server.workers is {workers}, but `sidecar run` serves the app in one "
-                "process; expected server.workers 1 (scale with more pods: replicas or "
-                "an autoscaler)"
-            ]
-        )
+def run(config: Config, *, link: Reporter | None = None) -> None:
+    """Run a sidecar for ``config`` in this thread until it stops (the CLI's entry).
+
+    ``link``: this process is a worker of a pod with several (``workers.child``).
+    """
     with asyncio.Runner(loop_factory=_loop_factory(config.server.loop)) as runner:
-        runner.run(Sidecar(config, on_abort=_exit_now).serve())
+        runner.run(Sidecar(config, on_abort=_exit_now, link=link).serve())

@@ -8,6 +8,7 @@ they are told of transitions in the order the transitions happened.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +38,26 @@ class Transition:
 
 
 Listener = Callable[[Transition], None]
+
+logger = logging.getLogger("sidecar")
+
+
+def log_transition(change: Transition) -> None:
+    """Log a transition with the time spent in the previous phase (a ``Listener``)."""
+    logger.info(
+        "phase %s -> %s after %.3fs%s",
+        change.previous.value,
+        change.phase.value,
+        change.duration,
+        f" ({change.detail})" if change.detail else "",
+        extra={
+            "event": "transition",
+            "phase": change.phase.value,
+            "previous": change.previous.value,
+            "duration_s": round(change.duration, 6),
+        },
+    )
+
 
 # Phases a lifecycle may move to from each phase; anything else is a bug in the caller.
 _ALLOWED: dict[Phase, frozenset[Phase]] = {

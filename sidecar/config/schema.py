@@ -84,10 +84,37 @@ class ServerConfig:
     )
     workers: int = _opt(
         1,
-        "Processes serving the app. `sidecar run` serves one; more is refused with exit "
-        "code 2 (scale with replicas).",
+        "Worker processes serving the app on one shared socket, each with the app "
+        "imported and its lifespan; more than 1 runs a supervisor that serves the admin "
+        "port for all of them. 1: one process, no supervisor.",
         min=1,
         flags=("--workers",),
+    )
+    min_ready_workers: int = _opt(
+        0,
+        "Workers that must be ready for the pod to be ready (`/readyz`); 0: all of them.",
+        min=0,
+        flags=("--min-ready-workers",),
+    )
+    max_requests: int = _opt(
+        0,
+        "Replace a worker after this many requests (its replacement starts and is ready "
+        "first, so capacity never dips); 0: never. Only with workers > 1.",
+        min=0,
+        flags=("--max-requests", "--limit-max-requests"),
+    )
+    max_requests_jitter: int = _opt(
+        0,
+        "Up to this many more requests, drawn per worker, so workers are not all replaced at once.",
+        min=0,
+        flags=("--max-requests-jitter", "--limit-max-requests-jitter"),
+    )
+    max_worker_memory: int = _opt(
+        0,
+        "Replace a worker whose resident memory passes this many bytes (the same way as "
+        "max_requests); 0: never. Only with workers > 1.",
+        min=0,
+        flags=("--max-worker-memory",),
     )
     root_path: str = _opt(
         "", "ASGI `root_path` for apps mounted below a path prefix.", flags=("--root-path",)

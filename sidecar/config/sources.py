@@ -514,6 +514,34 @@ def read_token_file(path: str) -> str:
     return token
 
 
+def _check_workers(config: Config, problems: list[str]) -> None:
+    server = config.server
+    if server.min_ready_workers > server.workers:
+        problems.append(
+            f"server.min_ready_workers ({server.min_ready_workers}) is more than "
+            f"server.workers ({server.workers}); expected at most {server.workers}, or 0 "
+            "for all of them"
+        )
+    if server.workers > 1 and server.fd >= 0:
+        problems.append(
+            f"server.fd ({server.fd}) cannot be combined with server.workers "
+            f"({server.workers}): the supervisor binds the app port itself and shares it; "
+            "expected server.host and server.port"
+        )
+    if server.workers > 1 and server.uds:
+        problems.append(
+            f"server.uds ({server.uds!r}) cannot be combined with server.workers "
+            f"({server.workers}); expected server.host and server.port"
+        )
+    for key in ("max_requests", "max_worker_memory"):
+        if getattr(server, key) and server.workers == 1:
+            problems.append(
+                f"server.{key} ({getattr(server, key)}) replaces worker processes, but "
+                "server.workers is 1 (one process, nothing replaces it); set "
+                "server.workers to 2 or more, or leave it at 0"
+            )
+
+
 def _check_coherence(config: Config, problems: list[str]) -> None:
     if config.lifespan.retry_backoff > config.lifespan.retry_backoff_max:
         problems.append(
@@ -571,6 +599,7 @@ def load_config(
     config = Config(**{s: SECTIONS[s](**values) for s, values in merged.items()})
     _check_ports(config, problems)
     _check_coherence(config, problems)
+    _check_workers(config, problems)
     _check_server(config, problems)
     _check_admin(config, problems)
     _check_logging(config, problems)

@@ -207,6 +207,11 @@ class LoopMonitor:
             else:
                 self._unlogged += 1
 
+    def dump_now(self) -> None:
+        """Log the app thread's stack now, whatever the lag (the supervisor asks)."""
+        with self._lock:
+            self._dump(self.current_lag())
+
     def _dump(self, lag: float) -> None:
         """Log where the app thread is: the line that blocks the loop."""
         frame = sys._current_frames().get(self._thread_id or -1)

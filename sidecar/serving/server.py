@@ -105,6 +105,8 @@ class AppServer:
         #: before their response started, and cut during it.
         self.aborted = 0
         self.aborted_unanswered = 0
+        #: Requests the app ran on (what ``server.max_requests`` counts).
+        self.served = 0
 
     @property
     def in_flight(self) -> int:
@@ -311,6 +313,7 @@ class AppServer:
         exchange.run(self._app, scope, on_complete=self._on_complete, on_end=self._on_end)
 
     def _ended(self, exchange: HttpExchange) -> None:
+        self.served += 1
         active = self._active
         active.discard(exchange)
         if not active:
