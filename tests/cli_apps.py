@@ -119,3 +119,34 @@ async def environ(scope: Any, receive: Any, send: Any) -> None:
         raise ValueError("no lifespan here")
     value = os.environ.get(scope["path"].lstrip("/"), "-")
     await respond(send, body=value.encode())
+
+
+async def workers_app(scope: Any, receive: Any, send: Any) -> None:
+    """For the worker tests: which process answers, and ways to misbehave.
+
+    ``/pid`` answers the worker's pid; ``/slow?ms=N`` takes N ms; ``/spin?s=N`` blocks
+    the event loop with CPU work for N seconds; ``/cpu`` spends half a millisecond of CPU.
+    """
+    kind = scope["type"]
+    if kind == "lifespan":
+        await receive()
+        logger.warning("lifespan startup in pid %d", os.getpid())
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        logger.warning("lifespan shutdown in pid %d", os.getpid())
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    path, query = scope["path"], scope["query_string"].decode()
+    value = float(query.partition("=")[2] or 0)
+    if path == "/slow":
+        await asyncio.sleep(value / 1000)
+    elif path == "/spin":
+        logger.warning("spinning in pid %d", os.getpid())
+        end = time.monotonic() + value
+        while time.monotonic() < end:  # deliberately blocking: a stuck worker
+            pass
+    elif path == "/cpu":
+        end = time.perf_counter() + 0.0005
+        while time.perf_counter() < end:
+            pass
+    await respond(send, body=str(os.getpid()).encode())

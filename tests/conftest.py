@@ -384,8 +384,11 @@ class CliProcess:
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self._queue.put(line.rstrip("\n"))
+        try:
+            for line in self.proc.stderr:
+                self._queue.put(line.rstrip("\n"))
+        except ValueError:  # closed at teardown while the process still ran (killed)
+            pass
         self._queue.put(None)
 
     def wait_line(self, pattern: str, timeout: float = WAIT, *, count: int = 1) -> re.Match[str]:

@@ -514,12 +514,15 @@ def test_env_file_reaches_the_app(cli: Any, tmp_path: Path) -> None:
     assert "draining: serving for" not in proc.log()  # the drain delay came from the file
 
 
-def test_more_than_one_worker_is_refused_with_exit_2(cli: Any) -> None:
-    assert check_config("--workers", "4")["server"]["workers"] == 4  # a valid setting
-    proc = cli("run", "cli_apps:slow_startup", *LOOPBACK, "--workers", "4")
-    assert proc.wait() == 2
-    assert "server.workers is 4, but `sidecar run` serves the app in one process" in proc.log()
-    assert "admin endpoints on" not in proc.log()
+def test_workers_flags_set_their_keys() -> None:
+    config = check_config(
+        "--workers", "4", "--min-ready-workers", "3",
+        "--limit-max-requests", "1000", "--limit-max-requests-jitter", "50",
+    )  # fmt: skip
+    assert config["server"]["workers"] == 4
+    assert config["server"]["min_ready_workers"] == 3
+    assert config["server"]["max_requests"] == 1000
+    assert config["server"]["max_requests_jitter"] == 50
 
 
 def test_reload_with_workers_names_both_keys() -> None:

@@ -115,7 +115,13 @@ SAMPLES = {
 def test_every_key_has_an_environment_variable(tmp_path: Path) -> None:
     pem = tmp_path / "x.pem"
     pem.write_text("not checked here, but long enough for a token")
-    paired = {"SIDECAR_SERVER_TLS_CERTFILE": str(pem), "SIDECAR_SERVER_TLS_KEYFILE": str(pem)}
+    paired: dict[str, dict[str, str]] = {
+        name: {"SIDECAR_SERVER_TLS_CERTFILE": str(pem), "SIDECAR_SERVER_TLS_KEYFILE": str(pem)}
+        for name in ("SIDECAR_SERVER_TLS_CERTFILE", "SIDECAR_SERVER_TLS_KEYFILE")
+    }
+    # Settings of worker processes apply with several workers only.
+    for name in ("SIDECAR_SERVER_MAX_REQUESTS", "SIDECAR_SERVER_MAX_WORKER_MEMORY"):
+        paired[name] = {name: "1", "SIDECAR_SERVER_WORKERS": "2"}
     for spec in key_specs():
         if spec.path == "health.checks":  # a list, written in YAML; tested on its own
             continue
@@ -128,7 +134,7 @@ def test_every_key_has_an_environment_variable(tmp_path: Path) -> None:
             value = spec.type.__args__[0]
         env = {spec.env: value}
         if spec.env in paired:
-            env = paired
+            env = paired[spec.env]
         config = load_config(env=env)
         got = getattr(getattr(config, spec.section), spec.name)
         assert str(got).lower() in (value.lower(), str(float(value)) if spec.type is float else "")
@@ -313,3 +319,29 @@ def test_docs_describe_every_key_of_a_check() -> None:
     for spec in check_key_specs():
         assert f"`{spec.name}`" in readme, f"health.checks[].{spec.name} missing from README.md"
         assert f"{spec.name}:" in example, f"health.checks[].{spec.name} missing from the example"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"server.workers": "0"}, "invalid value '0' for server.workers; expected an integer >= 1"),
+        (
+            {"server.workers": "2", "server.min_ready_workers": "3"},
+            "server.min_ready_workers (3) is more than server.workers (2); expected at most 2",
+        ),
+        (
+            {"server.max_requests": "100"},
+            "server.max_requests (100) replaces worker processes, but server.workers is 1",
+        ),
+        (
+            {"server.workers": "2", "reload.enabled": "true"},
+            "reload.enabled (--reload) cannot be combined with server.workers (2)",
+        ),
+    ],
+)
+def test_worker_settings_that_cannot_work_are_errors(
+    overrides: dict[str, str], problem: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=overrides)
+    assert any(problem in message for message in info.value.problems), info.value.problems

@@ -17,6 +17,7 @@ import logging
 import signal
 import socket
 import sys
+import time
 
 from ..config import load_config
 from ..errors import AppLoadError, BindError, ConfigError, LifespanError
@@ -30,16 +31,25 @@ EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_STARTUP = 0, 1, 2, 3
 
 
 def _first_message(sock: socket.socket) -> dict[str, object]:
-    """Read the configuration message, before any thread or loop exists."""
-    data = b""
-    while b"\n" not in data and len(data) < MAX_LINE:
-        chunk = sock.recv(65536)
-        if not chunk:
+    """Read the configuration message, before any thread or loop exists.
+
+    Only that line is taken off the socket (peeked first): a command the supervisor
+    sent right after it (a stop) is left for the link to read.
+    """
+    while True:
+        data = sock.recv(MAX_LINE, socket.MSG_PEEK)
+        if not data:
             raise ConnectionError("the supervisor closed the control channel")
-        data += chunk
-    line, _, rest = data.partition(b"\n")
-    if rest:
-        raise ConnectionError("the supervisor sent more than the configuration first")
+        end = data.find(b"\n")
+        if end >= 0:
+            break
+        if len(data) >= MAX_LINE:
+            raise ConnectionError("the configuration message is too long")
+        # Not all of it has arrived (a message larger than the socket's buffer).
+        time.sleep(0.005)
+    line = b""
+    while len(line) < end + 1:
+        line += sock.recv(end + 1 - len(line))
     message = json.loads(line)
     if not isinstance(message, dict) or message.get("type") != "config":
         raise ConnectionError("the first message is not the configuration")

@@ -38,7 +38,7 @@ from .channel import Channel, Message
 
 logger = logging.getLogger("sidecar.workers")
 
-EXIT_STARTUP = 3
+EXIT_CONFIG, EXIT_STARTUP = 2, 3
 TICK = 0.5
 # A started worker that has sent no status for this long is as good as stuck: its
 # admin thread, which reports, never waits for the app.
@@ -252,6 +252,16 @@ class Pool:
         if self._slots.get(worker.slot) is not worker:
             return  # a replacement that never took its slot
         failure = worker.startup_failure
+        if code == EXIT_CONFIG and not worker.ready_once:
+            # The configuration the supervisor handed over was refused: every new
+            # worker would refuse it too.
+            self.fatal_failure = (
+                "config",
+                f"worker {worker.slot} refused its configuration (exit code 2; its log "
+                "says why)",
+            )
+            self.fatal.set()
+            return
         if code == EXIT_STARTUP and failure is not None:
             reason, message = str(failure.get("reason")), str(failure.get("message"))
             self._on_startup_failure(worker, reason, message)

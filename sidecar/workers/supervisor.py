@@ -79,7 +79,10 @@ def bind_app_socket(config: ServerConfig) -> socket.socket:
 def worker_document(config: Config, listen_fd: int) -> dict[str, Any]:
     """The configuration a worker runs with: the supervisor's, minus what it does itself."""
     document = config.to_document()
-    document["server"].update(workers=1, fd=listen_fd)
+    # One process each, on the shared socket; replacing workers is the supervisor's job.
+    document["server"].update(
+        workers=1, fd=listen_fd, min_ready_workers=0, max_requests=0, max_worker_memory=0
+    )
     # The drain delay, the startup record and the linger are the supervisor's.
     document["shutdown"]["drain_delay"] = 0.0
     document["lifespan"].update(state_dir="", failure_linger=0.0)
@@ -244,6 +247,8 @@ class Supervisor:
             await first_of(self._stop.wait(), deadline=loop.time() + linger)
         await self.pool.stop(force=True)
         await self.pool.wait_stopped(asyncio.get_running_loop().time() + self._stop_budget())
+        if reason == "config":
+            raise WorkersFailed(message)
         if reason == "import":
             raise AppLoadError("import_failed", message)
         raise LifespanError("startup", reason, message)

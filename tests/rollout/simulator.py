@@ -129,6 +129,7 @@ class Settings:
     app_startup: float = 0.2  # the app's lifespan startup
     pod_start_timeout: float = 30.0
     seed: int = 1  # the request mix is random, and reproducible
+    workers: int = 1  # worker processes per pod (server.workers)
 
     @property
     def pod_drain_delay(self) -> float:
@@ -292,6 +293,7 @@ class Pod:
             "--graceful-timeout", f"{s.graceful_timeout:g}",
             "--shutdown-timeout", f"{s.shutdown_timeout:g}",
             "--startup-timeout", f"{s.pod_start_timeout:g}",
+            "--workers", str(s.workers),
         ]  # fmt: skip
 
     def environment(self) -> dict[str, str]:
@@ -301,7 +303,9 @@ class Pod:
         env["SIDECAR_SHUTDOWN_DRAIN_MODE"] = self.settings.drain_mode
         env["ROLLOUT_POD"] = self.name
         env["ROLLOUT_STARTUP_SECONDS"] = f"{self.settings.app_startup:g}"
-        env["ROLLOUT_SHUTDOWN_GATE"] = "stdin"
+        # The gate holds one process's lifespan shutdown while the final metrics are read;
+        # workers share the pod's stdin, so a pod with several is not gated.
+        env["ROLLOUT_SHUTDOWN_GATE"] = "stdin" if self.settings.workers == 1 else ""
         env["ROLLOUT_GATE_TIMEOUT"] = "10"
         return env
 
@@ -335,7 +339,7 @@ class Pod:
     def _on_line(self, line: str) -> None:
         if " WARNING " in line or " ERROR " in line or " CRITICAL " in line:
             self.record.warnings.append(line)
-        if pod_app.SHUTDOWN_STARTED in line:
+        if pod_app.SHUTDOWN_STARTED in line and self.settings.workers == 1:
             match = _IN_FLIGHT_AT_SHUTDOWN.search(line)
             if match:
                 self.record.in_flight_at_shutdown = int(match.group(1))

@@ -73,3 +73,17 @@ def test_the_same_rollout_without_the_drain_drops_requests() -> None:
         assert pod.prestop_status is None, why
         assert pod.exit_code == 0, why
         assert pod.lifespan_shutdown, why
+
+
+def test_a_rolling_update_of_pods_with_two_workers_drops_nothing() -> None:
+    report = run(replace(WITH_DRAIN, pods=2, rollouts=1, workers=2))
+    why = explain(report)
+    assert report.failed == 0, why
+    assert len(report.pods) == 2 * 2, why
+    for pod in report.pods:
+        assert pod.prestop_status == 200, why
+        assert pod.exit_code == 0, why
+        assert not pod.killed, why
+        assert pod.lifespan_shutdown, why
+    for kind in KINDS:
+        assert report.by_kind[kind]["succeeded"] > 0, why
