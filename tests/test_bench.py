@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +88,23 @@ def test_soak_quick_run_exercises_and_counts_every_kind(tmp_path: Path) -> None:
     for text in (markdown_text, result.stdout):
         assert "RSS growth after warm-up: " in text
         assert f"fds: baseline {report['fds_baseline']}, after load " in text
+
+
+def test_the_workers_benchmark_measures_what_it_says() -> None:
+    from bench import workers
+
+    rss, pss = workers.memory_mb(os.getpid())
+    assert 0 < pss <= rss
+    # Every server it starts is installed and takes its options.
+    for name in workers.SERVERS:
+        argv = workers.command(name, 2, 8000, 8081)
+        module = argv[argv.index("-m") + 1] if "-m" in argv else "sidecar.workers.supervisor"
+        assert importlib.util.find_spec(module) is not None, module
+    assert "--workers" in workers.command("sidecar", 2, 8000, 8081)
+    table = workers.Results(args={"rounds": 1, "duration": 1})
+    for server, rate in (("sidecar", 1000.0), ("uvicorn", 900.0)):
+        for count in (1, 2):
+            table.samples.append(workers.Sample(server, count, 1, rate * count, 2.0, 50.0, 30.0))
+    report = workers.markdown(table)
+    assert "sidecar 2 workers / 1 worker: **2.00x**" in report
+    assert "sidecar 2 workers / uvicorn --workers 2: **1.11x**" in report

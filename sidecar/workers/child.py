@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -28,6 +29,8 @@ from .link import WorkerLink
 logger = logging.getLogger("sidecar")
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_STARTUP = 0, 1, 2, 3
+# Niceness of a worker relative to its supervisor (what `nice -n 5` would give).
+WORKER_NICENESS = 5
 
 
 def _first_message(sock: socket.socket) -> dict[str, object]:
@@ -69,6 +72,9 @@ def main(argv: list[str]) -> int:
         print(f"sidecar worker {slot}: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(config.logging, worker=slot)
+    # The supervisor answers the kubelet's probes for every worker: when the workers keep
+    # the cores busy, a slightly lower priority lets it answer within milliseconds.
+    os.nice(WORKER_NICENESS)
     # Ctrl-C in a terminal reaches the whole process group: the supervisor counts it
     # once and tells each worker what to do.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

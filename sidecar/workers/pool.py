@@ -257,8 +257,7 @@ class Pool:
             # worker would refuse it too.
             self.fatal_failure = (
                 "config",
-                f"worker {worker.slot} refused its configuration (exit code 2; its log "
-                "says why)",
+                f"worker {worker.slot} refused its configuration (exit code 2; its log says why)",
             )
             self.fatal.set()
             return
