@@ -106,7 +106,7 @@ class Sidecar:
         self._link = link
         self.config = config
         # Whether a person at a terminal started this process (SIGINT is their Ctrl-C).
-        self._on_terminal = on_terminal if on_terminal is not None else _stdin_is_a_terminal
+        self._on_terminal = on_terminal if on_terminal is not None else stdin_is_a_terminal
         self._app = app
         # The drain clock: when a drain began and how much of its delay is left.
         self.lifecycle = Lifecycle(drain_delay=config.shutdown.drain_delay, clock=clock)
@@ -635,7 +635,8 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
-def _stdin_is_a_terminal() -> bool:
+def stdin_is_a_terminal() -> bool:
+    """Whether a person at a terminal started this process (SIGINT is their Ctrl-C)."""
     stdin = sys.stdin
     try:
         return stdin is not None and stdin.isatty()

@@ -40,6 +40,7 @@ from ..errors import AppLoadError, BindError, LifespanError, SidecarError
 from ..metrics import STARTUP_FAILURE_REASONS
 from ..probe import Probe, passes
 from ..record import StartupRecord
+from ..runner import stdin_is_a_terminal
 from ..serving import CUT_GRACE
 from ..state import Lifecycle, Phase, log_transition
 from .metrics import SupervisorMetrics
@@ -136,6 +137,7 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._signals = 0
+        self._skip_delay = False
 
     def _lifecycle_sample(self) -> tuple[str, bool, bool]:
         probes = self.probes
@@ -183,6 +185,13 @@ class Supervisor:
             if not self._force.is_set():
                 logger.warning("second shutdown request: skipping what is left of the drain")
             self._force.set()
+        elif signum == signal.SIGINT and stdin_is_a_terminal():
+            # Ctrl-C at a terminal: a person waits, and no load balancer routes here.
+            logger.info(
+                "SIGINT from a terminal: skipping the drain delay (no load balancer to wait "
+                "for); in-flight requests still finish"
+            )
+            self._skip_delay = True
         self._stop.set()
 
     # -- the run ------------------------------------------------------------------------------
@@ -274,7 +283,7 @@ class Supervisor:
         if lifecycle.phase is Phase.FAILED:
             return
         drain_end = lifecycle.begin_drain()
-        left = drain_end - lifecycle.clock()
+        left = 0.0 if self._skip_delay else drain_end - lifecycle.clock()
         if left > 0 and not force.is_set():
             logger.info("draining: the workers serve for %.1fs more", left)
             while left > 0 and not force.is_set():
