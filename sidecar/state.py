@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -37,6 +38,20 @@ class Transition:
     detail: str
 
 
+@dataclass(frozen=True)
+class PhaseSpan:
+    """A phase the process was in: since when (Unix time), how long, and why it began.
+
+    For the current phase ``duration`` is the time spent in it so far.
+    """
+
+    phase: Phase
+    started_at: float
+    duration: float
+    reason: str
+    current: bool
+
+
 Listener = Callable[[Transition], None]
 
 logger = logging.getLogger("sidecar")
@@ -59,6 +74,10 @@ def log_transition(change: Transition) -> None:
     )
 
 
+# Phases kept for the timeline. A run passes through at most five, so this only bounds
+# what a bug could grow.
+TIMELINE_LENGTH = 32
+
 # Phases a lifecycle may move to from each phase; anything else is a bug in the caller.
 _ALLOWED: dict[Phase, frozenset[Phase]] = {
     Phase.STARTING: frozenset({Phase.READY, Phase.DRAINING, Phase.STOPPING, Phase.FAILED}),
@@ -73,7 +92,14 @@ _ALLOWED: dict[Phase, frozenset[Phase]] = {
 class Lifecycle:
     """The process's phase, startup outcome, drain clock and lifespan health."""
 
-    def __init__(self, *, drain_delay: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        drain_delay: float,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``clock`` measures durations (the drain clock); ``wall_clock`` dates the phases."""
         self._lock = threading.Lock()
         # Held from a change through its listeners (reentrant: a listener may read state).
         self._order = threading.RLock()
@@ -87,6 +113,11 @@ class Lifecycle:
         self._drain_started: float | None = None
         self._lifespan_crash: str | None = None
         self._listeners: list[Listener] = []
+        self._wall_clock = wall_clock
+        # (phase, Unix time, this lifecycle's clock, reason) of each phase entered
+        self._timeline: deque[tuple[Phase, float, float, str]] = deque(
+            [(self._phase, wall_clock(), self._since, "process started")], maxlen=TIMELINE_LENGTH
+        )
 
     def subscribe(self, listener: Listener) -> None:
         """Call ``listener`` on every transition (from whichever thread makes it)."""
@@ -111,6 +142,7 @@ class Lifecycle:
         now = self._clock()
         change = Transition(self._phase, phase, now - self._since, detail)
         self._phase, self._since = phase, now
+        self._timeline.append((phase, self._wall_clock(), now, detail))
         return change
 
     def _notify(self, change: Transition | None) -> None:
@@ -175,6 +207,19 @@ class Lifecycle:
 
     def clock(self) -> float:
         return self._clock()
+
+    def timeline(self) -> list[PhaseSpan]:
+        """The phases so far, oldest first, the current one last with its time so far."""
+        with self._lock:
+            entries = list(self._timeline)
+            now = self._clock()
+        ends = [since for _, _, since, _ in entries[1:]] + [now]
+        return [
+            PhaseSpan(phase, started_at, end - since, reason, current=index == len(entries) - 1)
+            for index, ((phase, started_at, since, reason), end) in enumerate(
+                zip(entries, ends, strict=True)
+            )
+        ]
 
     # -- probe checks -------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from sidecar.admin import render_checks
-from sidecar.state import Lifecycle, Phase, Transition
+from sidecar.state import Lifecycle, Phase, PhaseSpan, Transition
 
 
 class FakeClock:
@@ -117,3 +117,24 @@ def test_listeners_hear_of_transitions_in_the_order_they_happened() -> None:
         for before, after in itertools.pairwise(heard):
             assert after.previous is before.phase, heard
         assert heard[-1].phase is lifecycle.phase
+
+
+def test_the_timeline_gives_each_phase_its_start_duration_and_reason() -> None:
+    clock, wall = FakeClock(), FakeClock()
+    wall.now = 1_800_000_000.0
+    lifecycle = Lifecycle(drain_delay=5, clock=clock, wall_clock=wall)
+    clock.now += 2.5
+    wall.now += 2.5
+    lifecycle.mark_started()
+    clock.now += 60
+    wall.now += 60
+    lifecycle.begin_drain()
+    clock.now += 1.25
+    timeline = lifecycle.timeline()
+    assert timeline == [
+        PhaseSpan(Phase.STARTING, 1_800_000_000.0, 2.5, "process started", current=False),
+        PhaseSpan(Phase.READY, 1_800_000_002.5, 60.0, "startup complete", current=False),
+        PhaseSpan(Phase.DRAINING, 1_800_000_062.5, 1.25, "drain started", current=True),
+    ]
+    clock.now += 1.0  # the current phase's duration runs on
+    assert lifecycle.timeline()[-1].duration == 2.25
