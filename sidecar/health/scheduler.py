@@ -26,7 +26,9 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import CheckRegistrationError
@@ -38,14 +40,42 @@ from .runs import Outcome, launch, nothing
 logger = logging.getLogger("sidecar.health")
 
 
+# Runs each check remembers for the status page: at the default interval (5 s), the last
+# minute and a half.
+RECENT_RUNS = 20
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished run of a check: when it ended (Unix time), its outcome and duration."""
+
+    at: float
+    ok: bool
+    duration: float | None  # None: nothing ran (the previous run had not finished)
+    error: str | None
+
+
+@dataclass(frozen=True)
+class CheckHistory:
+    """A check's state (pending, passing, failing), since when (Unix time), its last runs."""
+
+    status: str
+    since: float
+    runs: tuple[Run, ...]
+
+
 def _failures(count: int) -> str:
     return "1 failure" if count == 1 else f"{count} failures"
 
 
 class _Entry:
-    """A check's schedule and results; mutated only on the admin loop."""
+    """A check's schedule and results; mutated only on the admin loop.
 
-    def __init__(self, definition: CheckDefinition) -> None:
+    The history (``status``, ``since``, ``recent``) is also written under the scheduler's
+    lock, so that any thread may copy it.
+    """
+
+    def __init__(self, definition: CheckDefinition, added_at: float) -> None:
         self.definition = definition
         self.task: asyncio.Task[None] | None = None
         self.retired = False
@@ -59,6 +89,10 @@ class _Entry:
         self.in_flight: asyncio.Future[Outcome] | None = None
         self.in_flight_since = 0.0
         self.cancel_run: Callable[[], object] = nothing
+        # As the probes report it: a liveness check passes until it fails.
+        self.status = "passing" if self.passing else "pending"
+        self.since = added_at
+        self.recent: deque[Run] = deque(maxlen=RECENT_RUNS)
 
     @property
     def passing(self) -> bool:
@@ -81,9 +115,17 @@ class CheckScheduler:
     (``run()`` is one of the admin server's background tasks).
     """
 
-    def __init__(self, metrics: Metrics, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``clock`` times the runs; ``wall_clock`` dates them in the history."""
         self._metrics = metrics
         self._clock = clock
+        self._wall_clock = wall_clock
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._admin_loop: asyncio.AbstractEventLoop | None = None
@@ -98,7 +140,7 @@ class CheckScheduler:
 
     def add(self, definition: CheckDefinition) -> None:
         """Schedule a check; raise ``CheckRegistrationError`` if its name is taken."""
-        entry = _Entry(definition)
+        entry = _Entry(definition, self._wall_clock())
         with self._lock:
             if self._stopped:
                 raise CheckRegistrationError(
@@ -257,6 +299,11 @@ class CheckScheduler:
             metrics.check_failures.labels(definition.name).inc()
         passing = entry.passing
         metrics.check_status.labels(definition.name).set(1 if passing else 0)
+        at, status = self._wall_clock(), "passing" if passing else "failing"
+        with self._lock:
+            entry.recent.append(Run(at, ok, duration, None if ok else error))
+            if status != entry.status:
+                entry.status, entry.since = status, at
         if passing == was_passing and had_result:
             if not ok:
                 logger.debug(
@@ -293,6 +340,14 @@ class CheckScheduler:
             entries = [e for e in self._entries.values() if e.definition.probe is probe]
         now = self._clock()
         return [self._as_check(entry, now) for entry in entries]
+
+    def history(self) -> dict[str, CheckHistory]:
+        """Each check's state, since when, and its last ``RECENT_RUNS`` runs, oldest first."""
+        with self._lock:
+            return {
+                name: CheckHistory(entry.status, entry.since, tuple(entry.recent))
+                for name, entry in self._entries.items()
+            }
 
     @staticmethod
     def _as_check(entry: _Entry, now: float) -> Check:

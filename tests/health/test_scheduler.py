@@ -13,6 +13,7 @@ import pytest
 from sidecar import (
     HealthChecks,
 )
+from sidecar.health.scheduler import RECENT_RUNS
 
 from .. import apps
 from ..conftest import ROOT, WAIT, LogWatch, fetch
@@ -184,3 +185,35 @@ def test_health_metrics_pass_promtool(run_sidecar: Any, logs: LogWatch) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == result.stderr.strip() == ""
+
+
+def test_each_check_keeps_its_last_runs_and_when_its_state_changed(run_sidecar: Any) -> None:
+    check = apps.ScriptedCheck()
+    app = apps.registers(
+        lambda health: health.add_readiness_check(
+            "db", check.sync, interval=0.01, failure_threshold=2
+        )
+    )
+    before = time.time()
+    running = run_sidecar(app)
+    scheduler = running.sidecar.checks
+    check.wait_for_call(3)  # two runs recorded
+    history = scheduler.history()["db"]
+    assert history.status == "passing"
+    assert before <= history.since == history.runs[0].at  # passing since its first run
+    assert all(run.ok and run.error is None for run in history.runs)
+    assert all(run.duration is not None and run.duration >= 0 for run in history.runs)
+
+    check.error = "connection refused"
+    calls = check.calls  # every later call fails
+    check.wait_for_call(calls + 3)  # two failures in a row recorded: the threshold
+    history = scheduler.history()["db"]
+    assert history.status == "failing"
+    failures = [run for run in history.runs if not run.ok]
+    assert all(run.error == "RuntimeError: connection refused" for run in failures)
+    # It turned failing with the second failure in a row, and says since when.
+    assert history.since == failures[1].at
+    assert [run.at for run in history.runs] == sorted(run.at for run in history.runs)
+
+    check.wait_for_call(calls + RECENT_RUNS + 2)
+    assert len(scheduler.history()["db"].runs) == RECENT_RUNS  # a fixed-size buffer
