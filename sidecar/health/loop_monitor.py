@@ -8,6 +8,10 @@ known *while* the loop is blocked, which is when a probe needs it.
 The heartbeat is one timer callback per interval (10 per second by default): a clock
 read, a subtraction, a histogram count and two attribute stores, with no lock on that
 path. ``bench/heartbeat.py`` measures what it costs (about 2 us per beat on uvloop).
+
+For the status page the watcher also keeps the longest lag of each of the last
+``HISTORY_SECONDS`` seconds, in a fixed-size buffer filled once a second on the admin
+loop; the heartbeat does no more for it.
 """
 
 from __future__ import annotations
@@ -33,6 +37,11 @@ RECENT_WINDOW = 60.0
 # Heartbeats later than this are handed to the watcher; below it is scheduler jitter
 # and only the histogram records it.
 _LATE = 0.001
+
+# The lag history: one sample per HISTORY_STEP seconds (the longest lag in it), the last
+# five minutes of them.
+HISTORY_STEP = 1.0
+HISTORY_SECONDS = 300
 
 # Frames shown in a stall's stack dump, innermost first: the blocking call is at the end.
 _STACK_LIMIT = 40
@@ -70,6 +79,8 @@ class LoopMonitor:
         self._stall_logged = False
         self._last_dump = float("-inf")
         self._unlogged = 0
+        self._history: deque[float] = deque(maxlen=HISTORY_SECONDS)
+        self._peak = 0.0  # the longest lateness drained since the last history sample
         if self.enabled:
             stats.sampler = self.sample
 
@@ -140,31 +151,60 @@ class LoopMonitor:
         now = self._clock()
         return self.current_lag(now), self.longest_recent(now)
 
+    def lag_history(self) -> list[float]:
+        """The longest lag of each of the last seconds (``HISTORY_STEP``), oldest first."""
+        with self._lock:
+            return list(self._history)
+
     # -- the watcher (admin loop) -----------------------------------------------------------
 
     async def watch(self) -> None:
-        """Log stalls that pass ``stack_dump_after`` until cancelled (on the admin loop).
+        """Log stalls that pass ``stack_dump_after`` and keep the lag history, until cancelled.
 
-        Nothing else needs a timer: probes and scrapes compute the lag when asked. And
-        no stall can pass the threshold before the heartbeat is that late, so the watcher
-        sleeps until then, waking about once a second on a healthy loop rather than
+        Nothing else needs a timer: probes and scrapes compute the lag when asked. The
+        history takes a sample every ``HISTORY_STEP``; no stall can pass the dump
+        threshold before the heartbeat is that late, so the watcher sleeps until the
+        sooner of the two, waking about once a second on a healthy loop rather than
         polling; only during a logged stall does it look every interval for its end.
         """
-        if not self.enabled or self._dump_after <= 0:
+        if not self.enabled:
             return
+        dumps = self._dump_after > 0
+        due = self._clock() + HISTORY_STEP
         while True:
-            last = self._last_beat
-            if self._stall_beat is not None or last is None:
-                wait = self.interval
-            else:
-                wait = last + self.interval + self._dump_after - self._clock()
+            now = self._clock()
+            wait = due - now
+            if dumps:
+                last = self._last_beat
+                if self._stall_beat is not None or last is None:
+                    wait = min(wait, self.interval)
+                else:
+                    wait = min(wait, last + self.interval + self._dump_after - now)
             # A timer may fire a hair early; never spin on a deadline that just passed.
             await asyncio.sleep(max(wait, 0.001))
             try:
+                now = self._clock()
                 with self._lock:
-                    self._tick(self._clock())
+                    if dumps:
+                        self._tick(now)
+                    if now + 0.001 >= due:
+                        due = self._record_history(now, due)
             except Exception:  # the watcher must outlive a bug in one tick
                 logger.exception("event-loop watcher failed")
+
+    def _record_history(self, now: float, due: float) -> float:
+        """Store the longest lag since the last sample; return when the next one is due.
+
+        Call with ``_lock`` held. Seconds in which the admin thread could not run (another
+        thread held the GIL) each get this sample: the longest lag is an upper bound for
+        every one of them.
+        """
+        self._drain(now)
+        peak = max(self._peak, self.current_lag(now))
+        self._peak = 0.0
+        steps = 1 + max(int((now - due) // HISTORY_STEP), 0)
+        self._history.extend([peak] * min(steps, HISTORY_SECONDS))
+        return due + steps * HISTORY_STEP
 
     def _drain(self, now: float) -> float:
         """Move late heartbeats into the window; return the latest one's lateness.
@@ -175,6 +215,8 @@ class LoopMonitor:
         while self._late:
             latest = self._late.popleft()
             self._window.append((now, latest))
+            if latest > self._peak:
+                self._peak = latest
         while self._window and self._window[0][0] < now - RECENT_WINDOW:
             self._window.popleft()
         return latest

@@ -17,6 +17,7 @@ import pytest
 
 from sidecar.config import HealthConfig
 from sidecar.health import LoopMonitor
+from sidecar.health.loop_monitor import HISTORY_SECONDS, HISTORY_STEP
 from sidecar.metrics import LoopLagStats
 
 from .. import apps
@@ -221,3 +222,69 @@ def test_lag_stall_length_and_rate_limited_stack_dumps(logs: LogWatch) -> None:
         monitor.stop()
         loop.close()
     assert monitor.current_lag() == 0.0  # stopped: the loop is gone, nothing to report
+
+
+def record(monitor: LoopMonitor, now: float, due: float) -> float:
+    """The watcher's once-a-second sample, as ``watch()`` takes it."""
+    with monitor._lock:
+        return monitor._record_history(now, due)
+
+
+def test_the_lag_history_keeps_the_longest_lag_of_each_second() -> None:
+    clock = FakeClock()
+    config = HealthConfig(heartbeat_interval=0.1, stack_dump_after=1.0, stack_dump_interval=60)
+    monitor = LoopMonitor(config, LoopLagStats(), clock=clock)
+    loop = asyncio.new_event_loop()  # never runs: the test plays the heartbeat itself
+    try:
+        monitor.start(loop)
+        due = clock.now + HISTORY_STEP
+        for _ in range(10):  # a second of heartbeats on time
+            clock.now += 0.1
+            monitor._beat()
+        due = record(monitor, clock.now, due)
+        clock.now += 0.45
+        monitor._beat()  # 0.35 s late: a short stall, over before the next sample
+        for _ in range(5):
+            clock.now += 0.1
+            monitor._beat()
+        clock.now = due
+        due = record(monitor, clock.now, due)
+        clock.now = due  # no heartbeat for a second: a stall in progress, 0.95 s so far
+        due = record(monitor, clock.now, due)
+        clock.now += 0.5
+        monitor._beat()  # the stall ends 1.45 s late
+        clock.now = due
+        due = record(monitor, clock.now, due)
+        # The next stall also keeps the admin thread from sampling for 2.5 s (a thread
+        # holding the GIL): each second it missed gets the lag seen when it ran again.
+        clock.now = due + 2.5
+        due = record(monitor, clock.now, due)
+        assert monitor.lag_history() == pytest.approx([0.0, 0.35, 0.95, 1.45, 3.9, 3.9, 3.9])
+        assert due == pytest.approx(clock.now + 0.5)  # samples stay on whole seconds
+        # However long the gap, the history stays the last HISTORY_SECONDS seconds.
+        record(monitor, clock.now + 10 * HISTORY_SECONDS, due)
+        assert len(monitor.lag_history()) == HISTORY_SECONDS
+    finally:
+        monitor.stop()
+        loop.close()
+
+
+def test_the_watcher_keeps_the_history_with_stack_dumps_off() -> None:
+    config = HealthConfig(heartbeat_interval=0.05, stack_dump_after=0)
+    monitor = LoopMonitor(config, LoopLagStats())
+
+    async def watch() -> set[asyncio.Task[None]]:
+        monitor.start(asyncio.get_running_loop())
+        watcher = asyncio.create_task(monitor.watch())
+        try:
+            # Two samples are due within this time (one a second).
+            done, _ = await asyncio.wait({watcher}, timeout=2.5 * HISTORY_STEP)
+        finally:
+            watcher.cancel()
+            monitor.stop()
+        return done
+
+    assert asyncio.run(watch()) == set()  # with nothing to dump, the watcher still runs
+    history = monitor.lag_history()
+    assert len(history) >= 2
+    assert all(lag < 0.5 for lag in history)
