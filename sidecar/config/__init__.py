@@ -24,6 +24,7 @@ from .schema import (
     ShutdownConfig,
     check_key_specs,
     key_specs,
+    redact_url,
 )
 from .sources import (
     TOKEN_MIN_BYTES,
@@ -61,6 +62,7 @@ __all__ = [
     "key_specs",
     "load_config",
     "read_token_file",
+    "redact_url",
     "require_target",
     "token_problem",
 ]

@@ -13,6 +13,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from ..probe import CHECK_FAILURE_THRESHOLD, CHECK_INTERVAL, CHECK_NAME_FORM, CHECK_TIMEOUT
 
@@ -44,6 +45,21 @@ ACCESS_LOG_TEXT_FIELDS: Mapping[str, Any] = {
 
 # uvicorn's access log line, with the duration added.
 ACCESS_LOG_FORMAT = '%(client)s - "%(request_line)s" %(status)d %(reason)s %(duration_ms).1fms'
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with the password of its ``user:password@`` part redacted."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not a URL the checks could use either; nothing to find in it
+        return url
+    if password is None:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    netloc = f"{user}:{REDACTED}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def _opt(default: Any, doc: str, **bounds: Any) -> Any:
@@ -462,13 +478,14 @@ class Config:
         another process of the sidecar, never for printing.
         """
         document = dataclasses.asdict(self)
-        document["health"]["checks"] = [_check_to_dict(c) for c in self.health.checks]
+        document["health"]["checks"] = [_check_to_dict(c, redact=False) for c in self.health.checks]
         return document
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Return the configuration as plain nested dicts (for YAML output).
 
-        Secrets (keys declared ``secret``) that are set read ``<redacted>``.
+        Secrets (keys declared ``secret``) that are set read ``<redacted>``, and so do
+        passwords in the checks' URLs.
         """
         document = dataclasses.asdict(self)
         for spec in key_specs():
@@ -476,16 +493,18 @@ class Config:
                 document[spec.section][spec.name] = REDACTED
         # Lists, not tuples (YAML's safe dumper has no tuples), and per check only the
         # keys that apply to its type, so the output loads back without errors.
-        document["health"]["checks"] = [_check_to_dict(c) for c in self.health.checks]
+        document["health"]["checks"] = [_check_to_dict(c, redact=True) for c in self.health.checks]
         return document
 
 
-def _check_to_dict(check: HealthCheckConfig) -> dict[str, Any]:
+def _check_to_dict(check: HealthCheckConfig, *, redact: bool) -> dict[str, Any]:
     document: dict[str, Any] = {}
     for f in dataclasses.fields(HealthCheckConfig):
         types = f.metadata.get("types")
         if types is None or check.type in types:
             value = getattr(check, f.name)
+            if redact and f.name == "url":
+                value = redact_url(value)
             document[f.name] = list(value) if isinstance(value, tuple) else value
     return document
 

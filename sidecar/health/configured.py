@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 
-from ..config import HealthCheckConfig
+from ..config import HealthCheckConfig, redact_url
 from ..errors import CheckFailed
 from ..probe import Probe
 from .definition import CheckDefinition, CheckFunction, RunsOn, is_async_callable
@@ -25,8 +25,10 @@ async def _tcp_check(host: str, port: int) -> None:
         await writer.wait_closed()
 
 
-async def _http_check(url: str) -> None:
+async def _http_check(url: str, shown: str) -> None:
     # The kubelet's rule for HTTP probes: 200-399 passes, redirects are not followed.
+    # Messages name the URL as ``shown``: without its password, since probes and the
+    # status page are open to whoever reaches the admin port.
     try:
         async with (
             aiohttp.ClientSession() as session,
@@ -34,9 +36,9 @@ async def _http_check(url: str) -> None:
         ):
             status = response.status
     except aiohttp.ClientError as exc:
-        raise CheckFailed(f"GET {url} failed: {exc}") from None
+        raise CheckFailed(f"GET {shown} failed: {exc}") from None
     if not 200 <= status < 400:
-        raise CheckFailed(f"GET {url} answered {status}")
+        raise CheckFailed(f"GET {shown} answered {status}")
 
 
 def config_check(
@@ -57,12 +59,11 @@ def config_check(
 
         where = f"{host}:{port}"
     elif spec.type == "http":
-        url = spec.url
+        url, where = spec.url, redact_url(spec.url)
 
         def run() -> Any:
-            return _http_check(url)
+            return _http_check(url, where)
 
-        where = url
     else:
         run = resolve(spec.target)
         runs_on = "app-loop" if is_async_callable(run) else "thread"

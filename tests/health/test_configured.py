@@ -142,3 +142,21 @@ def test_check_failed_gives_the_message_alone(run_sidecar: Any, logs: LogWatch) 
     logs.wait_for(r"health check 'replica' \(readiness\) failed")
     verbose = fetch(running.admin("/readyz?verbose")).text
     assert "[-]replica failed: replica is 42s behind (1 failure in a row)" in verbose
+
+
+def test_an_http_check_never_shows_the_password_in_its_url(
+    run_sidecar: Any, logs: LogWatch, http_server: str
+) -> None:
+    # The probes are open to whoever reaches the admin port.
+    url = http_server.replace("http://", "http://monitor:s3cret-pass@") + "/x"
+    checks = [{"name": "search", "type": "http", "url": url, "interval": 0.05}]
+    running = run_sidecar(apps.lifespan_app(), health__checks=checks)
+    logs.wait_for(r"health check 'search' \(readiness\) failed")
+    shown = http_server.replace("http://", "http://monitor:<redacted>@") + "/x"
+    verbose = fetch(running.admin("/readyz?verbose")).text
+    line = next(line for line in verbose.splitlines() if line.startswith("[-]search failed: "))
+    assert line.endswith(f"GET {shown} answered 500"), line
+    document = check_document(running, "readyz", "search")
+    assert document["details"]["source"] == f"config: http {shown}"
+    assert "s3cret-pass" not in verbose + str(document)
+    assert "s3cret-pass" not in "".join(logs.messages(""))
