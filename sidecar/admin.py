@@ -10,6 +10,8 @@ The probe surface follows kube-apiserver: ``/livez``, ``/readyz`` and ``/startup
 excludes a group), ``?verbose``, JSON on ``Accept: application/json``, and
 ``/healthz`` as the deprecated name of ``/livez``. The same thread runs the background
 tasks that keep the probes' answers current (the event-loop watcher, the checks).
+
+``/`` is the status page for people (``status_page``), or its content as JSON.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import dataclasses
 import json
 import logging
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -28,8 +30,11 @@ from aiohttp import web
 from .auth import AdminGuard
 from .config import AdminConfig
 from .errors import BindError
-from .probe import Check, Probe, passes
+from .probe import Check, Probe, check_document, passes
 from .state import Lifecycle
+from .status_page import HEADERS as STATUS_PAGE_HEADERS
+from .status_page import refresh_interval
+from .status_page import render as render_status_page
 
 logger = logging.getLogger("sidecar.admin")
 
@@ -42,6 +47,7 @@ _PROBES = {"/" + probe.endpoint: probe for probe in Probe} | {"/healthz": Probe.
 _HEALTHZ_WARNING = '299 - "/healthz is deprecated; use /livez"'
 
 BackgroundTask = Callable[[], Coroutine[Any, Any, None]]
+StatusSource = Callable[[], Mapping[str, Any]]
 
 
 class MetricsSource(Protocol):
@@ -57,20 +63,6 @@ def _check_line(check: Check) -> str:
         return f"[+]{check.name} ok"
     line = f"[-]{check.name} failed: {check.message}"
     return line if check.critical else line + " (severity warning: not counted)"
-
-
-def _check_document(check: Check) -> dict[str, Any]:
-    document: dict[str, Any] = {
-        "name": check.name,
-        "ok": check.ok,
-        "message": check.message,
-        "critical": check.critical,
-    }
-    if check.tags:
-        document["tags"] = list(check.tags)
-    if check.details:
-        document["details"] = dict(check.details)
-    return document
 
 
 def render_checks(
@@ -91,7 +83,7 @@ def render_checks(
     if as_json:
         document: dict[str, Any] = {
             "status": "ok" if ok else "failed",
-            "checks": [_check_document(c) for c in checks],
+            "checks": [check_document(c) for c in checks],
         }
         if warnings:
             document["warnings"] = list(warnings)
@@ -128,6 +120,20 @@ def _wants_json(request: web.Request) -> bool:
     return "application/json" in accept and "text/plain" not in accept
 
 
+def _status_format(request: web.Request) -> str:
+    """``json`` or ``html``: ``?format=`` decides, else the Accept header (HTML first)."""
+    chosen = request.query.get("format")
+    if chosen is not None:
+        if chosen not in ("html", "json"):
+            raise web.HTTPBadRequest(
+                text=f"invalid format {chosen!r}; expected html or json\n",
+                headers={"Cache-Control": "no-store"},
+            )
+        return chosen
+    accept = request.headers.get("Accept", "")
+    return "json" if "application/json" in accept and "text/html" not in accept else "html"
+
+
 class AdminServer:
     """Serve the admin endpoints from a daemon thread with its own event loop."""
 
@@ -141,9 +147,11 @@ class AdminServer:
         background: Sequence[BackgroundTask] = (),
         guard: AdminGuard | None = None,
         serve_port: bool = True,
+        status: StatusSource | None = None,
     ) -> None:
         """``serve_port`` false runs the thread's background tasks without a port (a
-        worker of a pod with several: its supervisor serves the admin port)."""
+        worker of a pod with several: its supervisor serves the admin port). ``status``
+        returns the status page's snapshot; without it ``/`` is not served."""
         self._config = config
         self._serve_port = serve_port
         self.guard = guard if guard is not None else AdminGuard("", "")
@@ -151,6 +159,7 @@ class AdminServer:
         self._metrics = metrics
         self._probes = probes
         self._background = tuple(background)
+        self._status = status
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -211,6 +220,8 @@ class AdminServer:
         app.router.add_get("/prestop", self._prestop)
         app.router.add_post("/prestop", self._prestop)
         app.router.add_get("/metrics", self._metrics_handler)
+        if self._status is not None:
+            app.router.add_get("/", self._status_handler)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         self._runner = runner
@@ -309,6 +320,36 @@ class AdminServer:
         accept = _FORMATS.get(request.query.get("format", ""), request.headers.get("Accept"))
         body, content_type = self._metrics.render(accept)
         return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def _status_handler(self, request: web.Request) -> web.Response:
+        # Read-only: a GET (and HEAD) that computes the snapshot from memory, here on the
+        # admin thread, so it answers while the app's loop is blocked.
+        source = self._status
+        if source is None:  # the route exists only with a source
+            raise web.HTTPNotFound()
+        answer = _status_format(request)
+        snapshot = source()
+        if answer == "json":
+            return web.Response(
+                text=json.dumps(snapshot),
+                content_type="application/json",
+                headers={
+                    "Cache-Control": "no-store",
+                    "X-Content-Type-Options": "nosniff",
+                    "Vary": "Accept",
+                },
+            )
+        try:
+            refresh = refresh_interval(request.query.get("refresh"))
+        except ValueError as exc:
+            raise web.HTTPBadRequest(
+                text=f"{exc}\n", headers={"Cache-Control": "no-store"}
+            ) from None
+        return web.Response(
+            text=render_status_page(snapshot, refresh_s=refresh),
+            content_type="text/html",
+            headers={**STATUS_PAGE_HEADERS, "Vary": "Accept"},
+        )
 
 
 async def _without_server_header(request: web.Request, response: web.StreamResponse) -> None:

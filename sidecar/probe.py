@@ -71,6 +71,21 @@ class Check:
     details: Mapping[str, Any] = field(default_factory=dict)
 
 
+def check_document(check: Check) -> dict[str, Any]:
+    """The JSON form of a check, as the probes' JSON answers and the status page give it."""
+    document: dict[str, Any] = {
+        "name": check.name,
+        "ok": check.ok,
+        "message": check.message,
+        "critical": check.critical,
+    }
+    if check.tags:
+        document["tags"] = list(check.tags)
+    if check.details:
+        document["details"] = dict(check.details)
+    return document
+
+
 def passes(checks: Iterable[Check]) -> bool:
     """Whether a probe with these checks passes: every critical check is ok."""
     return all(check.ok or not check.critical for check in checks)

@@ -63,6 +63,7 @@ from .probe import Probe, passes
 from .record import StartupRecord
 from .serving import AppServer
 from .state import Lifecycle, Phase, log_transition
+from .status import Status
 from .types import ASGIApp
 
 logger = logging.getLogger("sidecar")
@@ -126,6 +127,18 @@ class Sidecar:
         self.metrics.lifecycle.sampler = self._lifecycle_sample
         self.startup_record = StartupRecord(config.lifespan.state_dir, STARTUP_FAILURE_REASONS)
         self.metrics.registry.register(self.startup_record)
+        self.status = Status(
+            config,
+            self.lifecycle,
+            probes,
+            self.checks,
+            self.loop_monitor,
+            self.startup_record,
+            self.metrics,
+            version=__version__,
+            started_at=time.time(),
+            app_port=lambda: self.app_server,
+        )
         self.admin = AdminServer(
             config.admin,
             self.lifecycle,
@@ -142,6 +155,7 @@ class Sidecar:
                 trust_loopback=config.admin.trust_loopback,
             ),
             serve_port=link is None,
+            status=self.status.snapshot,
         )
         if link is not None:
             link.status = self._worker_status

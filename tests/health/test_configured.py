@@ -147,7 +147,7 @@ def test_check_failed_gives_the_message_alone(run_sidecar: Any, logs: LogWatch) 
 def test_an_http_check_never_shows_the_password_in_its_url(
     run_sidecar: Any, logs: LogWatch, http_server: str
 ) -> None:
-    # The probes are open to whoever reaches the admin port.
+    # The probes and the status page are open to whoever reaches the admin port.
     url = http_server.replace("http://", "http://monitor:s3cret-pass@") + "/x"
     checks = [{"name": "search", "type": "http", "url": url, "interval": 0.05}]
     running = run_sidecar(apps.lifespan_app(), health__checks=checks)
@@ -158,5 +158,6 @@ def test_an_http_check_never_shows_the_password_in_its_url(
     assert line.endswith(f"GET {shown} answered 500"), line
     document = check_document(running, "readyz", "search")
     assert document["details"]["source"] == f"config: http {shown}"
-    assert "s3cret-pass" not in verbose + str(document)
+    status = fetch(running.admin("/"), headers=JSON).text
+    assert "s3cret-pass" not in verbose + str(document) + status
     assert "s3cret-pass" not in "".join(logs.messages(""))

@@ -1,0 +1,228 @@
+"""The status snapshot: everything the status page shows, as one plain dict.
+
+The admin port serves it on ``/`` as HTML (``status_page``) and, when asked for
+``application/json``, as this very dict. It is built when someone asks, on the admin
+thread, from what the parts keep anyway (the lifecycle's timeline, the checks' last
+runs, the event loop's lag history: each a small fixed-size buffer), so it costs
+nothing while nobody looks, and it never waits on the app's event loop.
+
+The schema (``"schema": 1``); times are Unix times in seconds, durations seconds:
+
+- ``generated_at``; ``sidecar``: ``version``, ``python``, ``pid``, ``hostname``, ``app``
+  (the target), ``started_at``, ``uptime_s``;
+- ``phase``: the lifecycle phase now;
+- ``timeline``: the phases so far, oldest first: ``phase``, ``started_at``,
+  ``duration_s`` (so far, for the current one), ``reason`` (why it began), ``current``;
+- ``probes``: ``readiness``, ``liveness`` and ``startup``, each with ``endpoint``
+  (``/readyz``...), ``ok`` (the probe's verdict) and ``checks``: each check as the probe's
+  JSON answer gives it (``name``, ``ok``, ``message``, ``critical``, ``tags``,
+  ``details``), and for a registered or configured check ``history``: ``status``
+  (pending, passing, failing), ``since`` (its last change) and ``runs``, the last ones,
+  oldest first (``at``, ``ok``, ``duration_s``, ``error``);
+- ``event_loop``: ``monitored``, ``lag_s``, ``longest_recent_stall_s`` (over
+  ``recent_window_s``), ``heartbeat_interval_s``, ``ready_max_lag_s``,
+  ``live_max_lag_s`` (0: that check is off), ``history_step_s`` and
+  ``history_max_lag_s``: the longest lag of each step, oldest first, the last one now;
+- ``traffic``: ``serving`` (the app port is bound), ``requests_in_flight``,
+  ``connections_open``, ``websockets_open``, ``requests_total`` and ``responses`` (by
+  status class, ``"2xx"``...; both ``None`` when ``metrics.requests`` is off);
+- ``startup``: ``attempts``, ``failures`` (by reason), ``last_failure`` (``reason``,
+  ``message``, ``at``) or ``None``: the pod's, across restarts with
+  ``lifespan.state_dir``;
+- ``config``: the effective configuration, as ``check-config`` shows it (secrets
+  redacted);
+- ``workers``: one dict per worker process when the sidecar runs several, else empty:
+  ``index``, ``pid``, ``phase``, ``ready`` (bool), ``loop_lag_s``, ``restarts``,
+  ``rss_bytes``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from .config import Config
+from .health import CheckScheduler, LoopMonitor, Probes
+from .health.loop_monitor import HISTORY_STEP, RECENT_WINDOW
+from .health.scheduler import CheckHistory
+from .metrics import Metrics
+from .probe import Probe, check_document, passes
+from .record import StartupRecord
+from .state import Lifecycle
+
+SCHEMA = 1
+
+# The order the page shows the probes in: the one that routes traffic first.
+PROBES = (Probe.READINESS, Probe.LIVENESS, Probe.STARTUP)
+
+
+class AppPort(Protocol):
+    """What the status needs of the app server."""
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def connections_open(self) -> int: ...
+
+    @property
+    def websocket_connections(self) -> int: ...
+
+
+class Status:
+    """Build status snapshots from the sidecar's parts (call ``snapshot`` from any thread)."""
+
+    def __init__(
+        self,
+        config: Config,
+        lifecycle: Lifecycle,
+        probes: Probes,
+        scheduler: CheckScheduler,
+        monitor: LoopMonitor,
+        record: StartupRecord,
+        metrics: Metrics,
+        *,
+        version: str,
+        started_at: float,
+        app_port: Callable[[], AppPort | None],
+        workers: Callable[[], Sequence[dict[str, Any]]] = lambda: (),
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``app_port`` returns the app server once it exists; ``workers`` the workers'
+        dicts (see the module's docstring), when there are several."""
+        self._config = config
+        self._lifecycle = lifecycle
+        self._probes = probes
+        self._scheduler = scheduler
+        self._monitor = monitor
+        self._record = record
+        self._metrics = metrics
+        self._version = version
+        self._started_at = started_at
+        self._app_port = app_port
+        self._workers = workers
+        self._wall_clock = wall_clock
+        # Neither changes while the process runs.
+        self._hostname = socket.gethostname()
+        self._python = platform.python_version()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return the status now, as the module's docstring describes it."""
+        now = self._wall_clock()
+        return {
+            "schema": SCHEMA,
+            "generated_at": now,
+            "sidecar": {
+                "version": self._version,
+                "python": self._python,
+                "pid": os.getpid(),
+                "hostname": self._hostname,
+                "app": self._config.app.target,
+                "started_at": self._started_at,
+                "uptime_s": round(max(now - self._started_at, 0.0), 3),
+            },
+            "phase": self._lifecycle.phase.value,
+            "timeline": [
+                {
+                    "phase": span.phase.value,
+                    "started_at": span.started_at,
+                    "duration_s": round(span.duration, 6),
+                    "reason": span.reason,
+                    "current": span.current,
+                }
+                for span in self._lifecycle.timeline()
+            ],
+            "probes": self._probe_documents(),
+            "event_loop": self._event_loop(),
+            "traffic": self._traffic(),
+            "startup": self._startup(),
+            "config": self._config.to_dict(),
+            "workers": [dict(worker) for worker in self._workers()],
+        }
+
+    def _probe_documents(self) -> dict[str, Any]:
+        histories = self._scheduler.history()
+        documents: dict[str, Any] = {}
+        for probe in PROBES:
+            checks = self._probes.checks(probe)
+            entries = []
+            for check in checks:
+                entry = check_document(check)
+                # Names are unique, and never a built-in check's: only scheduled checks match.
+                history = histories.get(check.name)
+                if history is not None:
+                    entry["history"] = _history_document(history)
+                entries.append(entry)
+            documents[probe.value] = {
+                "endpoint": "/" + probe.endpoint,
+                "ok": passes(checks),
+                "checks": entries,
+            }
+        return documents
+
+    def _event_loop(self) -> dict[str, Any]:
+        monitor, health = self._monitor, self._config.health
+        return {
+            "monitored": monitor.enabled,
+            "lag_s": round(monitor.current_lag(), 6),
+            "longest_recent_stall_s": round(monitor.longest_recent(), 6),
+            "recent_window_s": RECENT_WINDOW,
+            "heartbeat_interval_s": monitor.interval,
+            "ready_max_lag_s": health.ready_max_loop_lag,
+            "live_max_lag_s": health.live_max_loop_lag,
+            "history_step_s": HISTORY_STEP,
+            "history_max_lag_s": [round(lag, 6) for lag in monitor.lag_history()],
+        }
+
+    def _traffic(self) -> dict[str, Any]:
+        server = self._app_port()
+        total: int | None = None
+        responses: dict[str, int] | None = None
+        if self._config.metrics.requests:
+            total, responses = 0, {}
+            # The same plain records a scrape reads, copied only when asked.
+            for (_, _, status), record in self._metrics.requests.snapshot():
+                count = int(sum(record[:-1]))  # observations per bucket; the last is the sum
+                kind = f"{status // 100}xx"
+                responses[kind] = responses.get(kind, 0) + count
+                total += count
+            responses = dict(sorted(responses.items()))
+        return {
+            "serving": server is not None,
+            "requests_in_flight": server.in_flight if server is not None else 0,
+            "connections_open": server.connections_open if server is not None else 0,
+            "websockets_open": server.websocket_connections if server is not None else 0,
+            "requests_total": total,
+            "responses": responses,
+        }
+
+    def _startup(self) -> dict[str, Any]:
+        record = self._record
+        last = record.last_failure
+        return {
+            "attempts": record.attempts,
+            "failures": dict(sorted(record.failures.items())),
+            "last_failure": None
+            if last is None
+            else {"reason": last.reason, "message": last.message, "at": last.time},
+        }
+
+
+def _history_document(history: CheckHistory) -> dict[str, Any]:
+    return {
+        "status": history.status,
+        "since": history.since,
+        "runs": [
+            {
+                "at": run.at,
+                "ok": run.ok,
+                "duration_s": None if run.duration is None else round(run.duration, 6),
+                "error": run.error,
+            }
+            for run in history.runs
+        ],
+    }
