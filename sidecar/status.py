@@ -32,8 +32,12 @@ The schema (``"schema": 1``); times are Unix times in seconds, durations seconds
 - ``config``: the effective configuration, as ``check-config`` shows it (secrets
   redacted);
 - ``workers``: one dict per worker process when the sidecar runs several, else empty:
-  ``index``, ``pid``, ``phase``, ``ready`` (bool), ``loop_lag_s``, ``restarts``,
-  ``rss_bytes``.
+  ``slot``, ``pid``, ``phase``, ``ready`` (bool), ``loop_lag_s``, ``restarts``,
+  ``rss_bytes`` (the details of the ``worker-<slot>`` probe lines).
+
+A process that runs no app code itself (a supervisor of workers) has no checks of its own
+to schedule and no event loop of its own to watch: without a scheduler, checks carry no
+``history``; without a loop monitor, ``event_loop.monitored`` is false.
 """
 
 from __future__ import annotations
@@ -46,11 +50,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from .config import Config
-from .health import CheckScheduler, LoopMonitor, Probes
+from .health import CheckScheduler, LoopMonitor
 from .health.loop_monitor import HISTORY_STEP, RECENT_WINDOW
 from .health.scheduler import CheckHistory
 from .metrics import Metrics
-from .probe import Probe, check_document, passes
+from .probe import Check, Probe, check_document, passes
 from .record import StartupRecord
 from .state import Lifecycle
 
@@ -58,6 +62,10 @@ SCHEMA = 1
 
 # The order the page shows the probes in: the one that routes traffic first.
 PROBES = (Probe.READINESS, Probe.LIVENESS, Probe.STARTUP)
+
+
+class ProbeSource(Protocol):
+    def checks(self, probe: Probe) -> list[Check]: ...
 
 
 class AppPort(Protocol):
@@ -80,11 +88,11 @@ class Status:
         self,
         config: Config,
         lifecycle: Lifecycle,
-        probes: Probes,
-        scheduler: CheckScheduler,
-        monitor: LoopMonitor,
+        probes: ProbeSource,
+        scheduler: CheckScheduler | None,
+        monitor: LoopMonitor | None,
         record: StartupRecord,
-        metrics: Metrics,
+        metrics: Metrics | None,
         *,
         version: str,
         started_at: float,
@@ -145,7 +153,8 @@ class Status:
         }
 
     def _probe_documents(self) -> dict[str, Any]:
-        histories = self._scheduler.history()
+        scheduler = self._scheduler
+        histories = scheduler.history() if scheduler is not None else {}
         documents: dict[str, Any] = {}
         for probe in PROBES:
             checks = self._probes.checks(probe)
@@ -166,23 +175,29 @@ class Status:
 
     def _event_loop(self) -> dict[str, Any]:
         monitor, health = self._monitor, self._config.health
-        return {
-            "monitored": monitor.enabled,
-            "lag_s": round(monitor.current_lag(), 6),
-            "longest_recent_stall_s": round(monitor.longest_recent(), 6),
+        document: dict[str, Any] = {
+            "monitored": False,
+            "lag_s": 0.0,
+            "longest_recent_stall_s": 0.0,
             "recent_window_s": RECENT_WINDOW,
-            "heartbeat_interval_s": monitor.interval,
+            "heartbeat_interval_s": health.heartbeat_interval,
             "ready_max_lag_s": health.ready_max_loop_lag,
             "live_max_lag_s": health.live_max_loop_lag,
             "history_step_s": HISTORY_STEP,
-            "history_max_lag_s": [round(lag, 6) for lag in monitor.lag_history()],
+            "history_max_lag_s": [],
         }
+        if monitor is not None and monitor.enabled:
+            document["monitored"] = True
+            document["lag_s"] = round(monitor.current_lag(), 6)
+            document["longest_recent_stall_s"] = round(monitor.longest_recent(), 6)
+            document["history_max_lag_s"] = [round(lag, 6) for lag in monitor.lag_history()]
+        return document
 
     def _traffic(self) -> dict[str, Any]:
         server = self._app_port()
         total: int | None = None
         responses: dict[str, int] | None = None
-        if self._config.metrics.requests:
+        if self._metrics is not None and self._config.metrics.requests:
             total, responses = 0, {}
             # The same plain records a scrape reads, copied only when asked.
             for (_, _, status), record in self._metrics.requests.snapshot():

@@ -450,7 +450,10 @@ def _lag_chart(history: Sequence[float], step: float, limit: float) -> str:
 def _event_loop(snapshot: Mapping[str, Any]) -> str:
     loop = snapshot.get("event_loop", {})
     if not loop.get("monitored"):
-        body = "<p>Not monitored: <code>health.heartbeat_interval</code> is 0.</p>"
+        if snapshot.get("workers"):
+            body = "<p>Each worker's lag is in the workers' table below.</p>"
+        else:
+            body = "<p>Not monitored: <code>health.heartbeat_interval</code> is 0.</p>"
         return _section("event-loop", "Event loop", body)
     ready, live = float(loop.get("ready_max_lag_s", 0)), float(loop.get("live_max_lag_s", 0))
     history = [float(lag) for lag in loop.get("history_max_lag_s", [])]
@@ -533,7 +536,7 @@ def _workers(snapshot: Mapping[str, Any]) -> str:
             return _e(f"{float(value) / 2**20:.1f} MiB")
         return _e(value)
 
-    keys = ["index", "pid", "phase", "ready", "loop_lag_s", "restarts", "rss_bytes"]
+    keys = ["slot", "pid", "phase", "ready", "loop_lag_s", "restarts", "rss_bytes"]
     rows = [("", [cell(worker, key) for key in keys]) for worker in workers]
     table = _table(
         "One row per worker process.",

@@ -302,7 +302,7 @@ def test_workers_are_a_table_only_when_there_are_some(run_sidecar: Any) -> None:
     assert 'id="workers"' not in render(document)
     document["workers"] = [
         {
-            "index": 0,
+            "slot": 0,
             "pid": 101,
             "phase": "ready",
             "ready": True,
@@ -310,7 +310,7 @@ def test_workers_are_a_table_only_when_there_are_some(run_sidecar: Any) -> None:
             "restarts": 0,
             "rss_bytes": 48 * 2**20,
         },
-        {"index": 1, "pid": 102, "phase": "<starting>", "ready": False, "restarts": 3},
+        {"slot": 1, "pid": 102, "phase": "<starting>", "ready": False, "restarts": 3},
     ]
     html = render(document)
     section = html[html.index('<section id="workers"') :]
