@@ -166,13 +166,6 @@ def test_the_example_config_is_valid_and_documents_every_key() -> None:
         assert f"{spec.name}:" in text, f"{spec.path} missing from the example config"
 
 
-def test_readme_documents_every_key() -> None:
-    readme = (ROOT / "README.md").read_text()
-    for spec in key_specs():
-        assert f"`{spec.path}`" in readme, f"{spec.path} missing from README.md"
-        assert f"`{spec.env}`" in readme, f"{spec.env} missing from README.md"
-
-
 # -- health.checks: a list of mappings ---------------------------------------------------
 
 _CHECKS = """\
