@@ -341,3 +341,16 @@ def test_worker_settings_that_cannot_work_are_errors(
     with pytest.raises(ConfigError) as info:
         load_config(overrides=overrides)
     assert any(problem in message for message in info.value.problems), info.value.problems
+
+
+def test_a_configuration_handed_over_whole_is_the_same_configuration(tmp_path: Path) -> None:
+    # How the supervisor gives a worker its configuration: secrets and checks included.
+    config = load_config(
+        env={"SIDECAR_ADMIN_TOKEN": "a-token-of-32-bytes-for-the-test"},
+        overrides={
+            "server.workers": "3",
+            "health.checks": "[{name: db, type: tcp, host: db, port: 5432, tags: [data]}]",
+        },
+    )
+    assert load_config(document=config.to_document()) == config
+    assert "a-token-of-32-bytes-for-the-test" not in str(config.to_dict())  # printing redacts

@@ -249,8 +249,6 @@ class Pool:
         self.changed.set()
         if self.stopping or worker.retiring is not None:
             return
-        if self._slots.get(worker.slot) is not worker:
-            return  # a replacement that never took its slot
         failure = worker.startup_failure
         if code == EXIT_CONFIG and not worker.ready_once:
             # The configuration the supervisor handed over was refused: every new
@@ -267,6 +265,8 @@ class Pool:
             self.fatal_failure = (reason, message)
             self.fatal.set()
             return
+        if self._slots.get(worker.slot) is not worker:
+            return  # a replacement that never took its slot: the next tick tries again
         self._count(worker.slot, Reason.CRASH)
         if not worker.ready_once:
             self._failures[worker.slot] += 1
@@ -335,7 +335,8 @@ class Pool:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(worker.exited.wait(), DUMP_GRACE)
         _kill(worker)
-        self._leaving.add(worker)
+        if worker.exit_code is None:
+            self._leaving.add(worker)  # until its exit is seen
         if not self.stopping:
             self._slots[worker.slot] = await self._spawn(worker.slot)
 
