@@ -6,7 +6,7 @@ them alike; the figures that count are the ratios sidecar/uvicorn measured in on
 
     python bench/compare.py                  # the whole suite, about 10 minutes
     python bench/compare.py --quick          # shorter runs, one round: a smoke test
-    python bench/compare.py --update-readme  # also rewrite the table in README.md
+    python bench/compare.py --update-readme  # also rewrite the table in bench/README.md
 
 Throughput scenarios (wrk, keep-alive; req/s and p50/p99 latency):
 
@@ -49,7 +49,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-README = ROOT / "README.md"
+README = ROOT / "bench" / "README.md"
 SERVER_CPU = "0"
 CLIENT_CPU = "1"
 
@@ -485,7 +485,7 @@ def update_readme(text: str) -> None:
     content = README.read_text()
     start, end = "<!-- bench:start -->\n", "<!-- bench:end -->"
     if start not in content or end not in content:
-        raise RuntimeError("README.md has no <!-- bench:start --> ... <!-- bench:end --> block")
+        raise RuntimeError(f"{README} has no <!-- bench:start --> ... <!-- bench:end --> block")
     before, rest = content.split(start, 1)
     _, after = rest.split(end, 1)
     README.write_text(before + start + text + "\n" + end + after)
@@ -579,7 +579,7 @@ def main() -> int:
     print(f"\nresults written to bench/results/suite-{stamp}.json and .md")
     if args.update_readme:
         update_readme(report)
-        print("README.md updated")
+        print("bench/README.md updated")
     return 0
 
 

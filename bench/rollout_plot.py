@@ -1,4 +1,4 @@
-"""Plot a rolling update as Prometheus saw it: the figure in README.md.
+"""Plot a rolling update as Prometheus saw it: the figure in docs/observability.md.
 
 Runs the rollout simulator (``tests/rollout/simulator.py``) while a real Prometheus
 server scrapes every pod's ``/metrics`` once a second (pods are added to its file-based

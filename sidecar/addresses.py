@@ -1,4 +1,4 @@
-"""IP address lists from the config, and the membership test both proxies and auth need."""
+"""IP address lists from the config, the membership test proxies and auth need, and URLs."""
 
 from __future__ import annotations
 
@@ -51,3 +51,11 @@ def within(text: str | None, networks: tuple[Network, ...]) -> bool:
 def is_loopback(text: str | None) -> bool:
     address = peer_address(text)
     return address is not None and address.is_loopback
+
+
+def http_url(address: tuple[str, int] | None) -> str:
+    """The ``http://`` URL of a bound ``(host, port)`` (IPv6 hosts in brackets), for logs."""
+    if address is None:
+        return "http://?"
+    host, port = address
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

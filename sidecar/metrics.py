@@ -1,7 +1,7 @@
 """Every Prometheus instrument of the sidecar, on an explicit registry.
 
 A leaf module: it imports nothing from the package, so any layer can record into it.
-Metric names and labels are part of the public interface (documented in README.md).
+Metric names and labels are part of the public interface (documented in docs/observability.md).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ and the health checks report ``Check`` lines, and the admin port renders them.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -89,3 +89,8 @@ def check_document(check: Check) -> dict[str, Any]:
 def passes(checks: Iterable[Check]) -> bool:
     """Whether a probe with these checks passes: every critical check is ok."""
     return all(check.ok or not check.critical for check in checks)
+
+
+def verdicts(checks: Callable[[Probe], Iterable[Check]]) -> tuple[bool, bool]:
+    """Whether ``/readyz`` and ``/livez`` pass now, given the checks of each probe."""
+    return passes(checks(Probe.READINESS)), passes(checks(Probe.LIVENESS))

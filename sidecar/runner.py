@@ -33,7 +33,6 @@ import gc
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -42,6 +41,7 @@ from typing import Any, Protocol, TypeVar
 from prometheus_client import CollectorRegistry
 
 from ._version import __version__
+from .addresses import http_url
 from .admin import AdminServer
 from .aio import first_of
 from .auth import AdminGuard, load_token
@@ -59,7 +59,8 @@ from .health import (
 from .lifespan import LifespanDriver
 from .loader import load_app, load_callable
 from .metrics import STARTUP_FAILURE_REASONS, Metrics
-from .probe import Probe, passes
+from .probe import Probe, passes, verdicts
+from .process import exit_now, stdin_is_a_terminal
 from .record import StartupRecord
 from .serving import AppServer
 from .state import Lifecycle, Phase, log_transition
@@ -242,12 +243,7 @@ class Sidecar:
 
     def _lifecycle_sample(self) -> tuple[str, bool, bool]:
         """The phase and the verdicts of /readyz and /livez now (for a scrape)."""
-        probes = self.probes
-        return (
-            self.lifecycle.phase.value,
-            passes(probes.checks(Probe.READINESS)),
-            passes(probes.checks(Probe.LIVENESS)),
-        )
+        return (self.lifecycle.phase.value, *verdicts(self.probes.checks))
 
     def _worker_status(self) -> dict[str, Any]:
         """What a worker reports to its supervisor (on the admin thread, twice a second).
@@ -338,7 +334,7 @@ class Sidecar:
         try:
             self.admin.start()
             if self._link is None:
-                logger.info("admin endpoints on %s", _url(self.admin.address))
+                logger.info("admin endpoints on %s", http_url(self.admin.address))
             if self.admin.guard.open and self._link is None:
                 logger.info(
                     "/prestop accepts any caller; set admin.token (or admin.token_file) so "
@@ -619,13 +615,6 @@ class Sidecar:
             self._lifespan_shutdown_state = "done"
 
 
-def _url(address: tuple[str, int] | None) -> str:
-    if address is None:
-        return "http://?"
-    host, port = address
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
 def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     if kind == "asyncio":
         return None
@@ -643,25 +632,10 @@ def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def _exit_now(code: int) -> None:
-    """End the process at once: flush the log, skip every cleanup (a third signal)."""
-    logging.shutdown()
-    os._exit(code)
-
-
-def stdin_is_a_terminal() -> bool:
-    """Whether a person at a terminal started this process (SIGINT is their Ctrl-C)."""
-    stdin = sys.stdin
-    try:
-        return stdin is not None and stdin.isatty()
-    except ValueError:  # closed
-        return False
-
-
 def run(config: Config, *, link: Reporter | None = None) -> None:
     """Run a sidecar for ``config`` in this thread until it stops (the CLI's entry).
 
     ``link``: this process is a worker of a pod with several (``workers.child``).
     """
     with asyncio.Runner(loop_factory=_loop_factory(config.server.loop)) as runner:
-        runner.run(Sidecar(config, on_abort=_exit_now, link=link).serve())
+        runner.run(Sidecar(config, on_abort=exit_now, link=link).serve())

@@ -54,7 +54,7 @@ IGNORED_HANDSHAKE_HEADERS: dict[str, str] = {
 }
 
 
-#: What the sidecar does differently on purpose (README, "Differences from uvicorn");
+#: What the sidecar does differently on purpose (docs/serving.md, "Differences from uvicorn");
 #: ``compare`` accepts exactly these and nothing else:
 #: - a body the app sends in one message without a Content-Length: the sidecar knows the
 #:   whole body and sends `content-length`; uvicorn decides when the response starts and

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from sidecar.addresses import is_loopback, parse_networks, peer_address, within
+from sidecar.addresses import http_url, is_loopback, parse_networks, peer_address, within
 
 
 def test_a_list_of_addresses_and_networks() -> None:
@@ -51,3 +51,15 @@ def test_unknown_peers_are_in_no_list(peer: str | None) -> None:
 )  # fmt: skip
 def test_loopback(peer: str, loopback: bool) -> None:
     assert is_loopback(peer) is loopback
+
+
+@pytest.mark.parametrize(
+    ("address", "url"),
+    [
+        (("127.0.0.1", 9000), "http://127.0.0.1:9000"),
+        (("::1", 9000), "http://[::1]:9000"),
+        (None, "http://?"),
+    ],
+)
+def test_urls_of_bound_addresses_bracket_ipv6(address: tuple[str, int] | None, url: str) -> None:
+    assert http_url(address) == url

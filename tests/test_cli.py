@@ -5,6 +5,8 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -291,9 +293,28 @@ def test_run_without_an_app_is_a_usage_error() -> None:
     assert "no app given" in result.output
 
 
+#: The README's first two commands, byte for byte: they must work on a fresh machine.
+README_RUN_COMMAND = "pip install . && sidecar run sidecar.examples.demo:app"
+README_TEST_COMMAND = (
+    "apt-get update && apt-get install -y prometheus && pip install -e '.[test]' "
+    "&& python -m pytest"
+)
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"^```sh\n(.*?)\n```$", readme, flags=re.MULTILINE | re.DOTALL)
+    assert blocks[:2] == [README_RUN_COMMAND, README_TEST_COMMAND]
+    # ...on the first screen: before the first section.
+    assert readme.index(README_TEST_COMMAND) < readme.index("\n## ")
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "python -m pytest\n" in ci  # CI runs the same tests
+
+
 def test_readme_first_command_runs_the_demo(cli: Any) -> None:
     """The README's demo app answers and drains like any other app."""
-    proc = cli("run", "sidecar.examples.demo:app", *LOOPBACK, "--drain-delay", "0")
+    target = README_RUN_COMMAND.split("sidecar run ", 1)[1]
+    proc = cli("run", target, *LOOPBACK, "--drain-delay", "0")
     proc.wait_serving()
     assert fetch(proc.app_url + "/").json()["greeting"] == "hello from the demo app"
     assert fetch(proc.app_url + "/echo", "POST", body=b"ping").body == b"ping"
@@ -649,6 +670,34 @@ def test_readme_uvicorn_style_command(cli: Any) -> None:
     proc.wait_line(r'sidecar.access: 127\.0\.0\.1:\d+ - "GET / HTTP/1.1" 200 OK')
     proc.signal(signal.SIGTERM)
     assert proc.wait() == 0
+
+
+def readme_quickstart() -> tuple[str, str]:
+    """The quickstart's ``main.py`` and its console session, from the README."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Quickstart", 1)[1].split("\n## ", 1)[0]
+    source = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    session = re.search(r"```console\n(.*?)```", section, flags=re.DOTALL)
+    assert source is not None
+    assert session is not None
+    return source.group(1), session.group(1)
+
+
+def test_readme_quickstart_runs_as_written(cli: Any, tmp_path: Path) -> None:
+    source, session = readme_quickstart()
+    (tmp_path / "main.py").write_text(source)
+    proc = cli(*readme_command("main:app"), *LOOPBACK, "--drain-delay", "0", cwd=tmp_path)
+    proc.wait_serving()
+    exchanges = re.findall(r"^\$ (curl .*)\n((?:(?!\$ ).*\n)*)", session, flags=re.MULTILINE)
+    assert len(exchanges) == 2
+    for command, shown in exchanges:
+        url = shlex.split(command)[-1]
+        url = url.replace("localhost:8000", proc.app_url).replace("localhost:8081", proc.admin_url)
+        url = url.replace("http://http://", "http://")
+        assert fetch(url).text.rstrip("\n") == shown.rstrip("\n"), command
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0
+    assert "lifespan shutdown complete" in proc.log()
 
 
 def test_readme_reload_command(cli: Any, tmp_path: Path) -> None:

@@ -23,9 +23,16 @@ def test_the_reference_is_the_schema_rendered() -> None:
 def test_the_reference_documents_every_key_and_flag() -> None:
     text = REFERENCE.read_text()
     for spec in key_specs():
-        assert f"`{spec.env}`" in text
+        # The key's row in its section's table, naming its environment variable.
+        section = text.split(f"\n## `{spec.section}`\n", 1)[1].split("\n## ", 1)[0]
+        row = next(
+            (line for line in section.splitlines() if line.startswith(f"| `{spec.name}` |")),
+            None,
+        )
+        assert row is not None, f"{spec.path} missing from docs/configuration.md"
+        assert f"`{spec.env}`" in row, f"{spec.env} missing from {spec.path}'s row"
         for flag in spec.flags:
-            assert f"`{flag}`" in text
+            assert f"`{flag}`" in row, f"{flag} missing from {spec.path}'s row"
 
 
 @pytest.mark.parametrize("flag", UVICORN_FLAGS)

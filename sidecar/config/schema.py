@@ -1,8 +1,9 @@
 """The configuration's schema: every section a frozen dataclass, every key documented.
 
 Field metadata carries the documentation and the bounds, so validation, ``check-config``
-output, the README table and the chart's schema test agree by construction. Durations
-are in seconds (fractions allowed) and say so in their ``_timeout``/``_delay`` names.
+output, the configuration reference and the chart's schema test agree by construction.
+Durations are in seconds (fractions allowed) and say so in their ``_timeout``/``_delay``
+names.
 ``sources`` reads the values from the file, the environment and the flags.
 """
 
@@ -334,7 +335,7 @@ class LoggingConfig:
     access_log_format: str = _opt(
         ACCESS_LOG_FORMAT,
         "The text access log line, with `%(field)s` placeholders for the fields of the "
-        "JSON access log (see Logs) and `request_line`, `reason`, `http_version`.",
+        "JSON access log (docs/observability.md) and `request_line`, `reason`, `http_version`.",
         flags=("--access-log-format",),
     )
 
@@ -420,7 +421,7 @@ class HealthConfig:
     )
     stack_dump_interval: float = _opt(60.0, "At most one stack dump per this many seconds.", min=0)
     checks: tuple[HealthCheckConfig, ...] = _opt(
-        (), "Checks the sidecar runs: a list of mappings (see Health checks)."
+        (), "Checks the sidecar runs: a list of mappings (docs/health.md)."
     )
 
 

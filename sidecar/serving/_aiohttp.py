@@ -128,32 +128,31 @@ class ParsingProtocol(BaseProtocol):
     def __init__(self, loop: asyncio.AbstractEventLoop, parser: HttpRequestParser) -> None:
         super().__init__(loop, parser)
         self._held = False
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        return self._loop
+        #: The event loop (a plain attribute: read on every request).
+        self.event_loop = loop
+        #: Parse bytes: the complete requests, whether the last one upgrades, and the
+        #: bytes after it; raises ``HttpProcessingError`` for a malformed request. The
+        #: parser's own method (called on every read; not after ``detach_parser``).
+        self.parse: Callable[[bytes], tuple[ParsedRequests, bool, bytes]] = cast(
+            Any, parser.feed_data
+        )
 
     @property
     def parsing(self) -> bool:
         """Whether requests are still parsed here (not after an error or a hand-off)."""
         return self._parser is not None
 
-    def feed(self, data: bytes) -> tuple[ParsedRequests, bool, bytes]:
-        """Parse ``data``: the complete requests, whether it upgrades, the bytes after it.
+    def message_consumed(self) -> bool:
+        """Tell the parser one queued request was taken (it may emit the next ones).
 
-        Raises ``HttpProcessingError`` for a malformed request.
+        Returns whether reading is held for the queue (and still parsed here): then the
+        connection may release it. One call on every request, so it does both.
         """
         parser = self._parser
         if parser is None:
-            return (), False, b""
-        messages, upgraded, tail = parser.feed_data(data)
-        return cast(ParsedRequests, messages), upgraded, tail
-
-    def message_consumed(self) -> None:
-        """Tell the parser one queued request was taken (it may emit the next ones)."""
-        parser = self._parser
-        if parser is not None:
-            parser.message_consumed()
+            return False
+        parser.message_consumed()
+        return self._held
 
     def detach_parser(self) -> None:
         """Parse nothing more on this connection."""

@@ -172,7 +172,7 @@ class HttpConnection(ParsingProtocol):
             # The first request is answered 503 and the connection closed. Answering
             # after reading it (not at once) lets the client read the 503, not a reset.
             self._over_cap = True
-        loop = self.loop
+        loop = self.event_loop
         if settings.header_timeout:
             self._head_timer = loop.call_later(settings.header_timeout, self._head_late)
         self._idle_since = loop.time()
@@ -187,7 +187,7 @@ class HttpConnection(ParsingProtocol):
             return
         messages: ParsedRequests
         try:
-            messages, upgraded, tail = self.feed(data)
+            messages, upgraded, tail = self.parse(data)
         except HttpProcessingError as exc:
             self._error = exc
             self.hold_reading()  # nothing after a malformed request is read
@@ -270,7 +270,7 @@ class HttpConnection(ParsingProtocol):
         self._idle_timer = None
         if self.transport is None:
             return
-        loop = self.loop
+        loop = self.event_loop
         timeout = self._settings.keep_alive_timeout
         if not self.idle:
             due = loop.time() + timeout
@@ -301,7 +301,7 @@ class HttpConnection(ParsingProtocol):
                     self._hand_off(self._upgrade)
                     return
                 else:
-                    self._idle_since = self.loop.time()
+                    self._idle_since = self.event_loop.time()
                     if self._manager.closing:
                         self.force_close()
                     return
@@ -309,10 +309,8 @@ class HttpConnection(ParsingProtocol):
             self._dispatching = False
 
     def _resume_parsing(self) -> None:
-        if not self.parsing:
-            return
-        self.message_consumed()
-        if self.reading_held and self._error is None and len(self._pending) <= MAX_PENDING // 2:
+        held = self.message_consumed()
+        if held and self._error is None and len(self._pending) <= MAX_PENDING // 2:
             # Parse what the parser held back, then read the socket again if it fits.
             self.data_received(b"")
             if len(self._pending) < MAX_PENDING:
@@ -321,16 +319,17 @@ class HttpConnection(ParsingProtocol):
     def _start(self, message: RawRequestMessage, payload: StreamReader) -> None:
         version = HTTP_VERSIONS.get(message.version, "1.1")  # HttpVersion is a tuple
         keep_alive = not (message.should_close or self._over_cap or message.method == "CONNECT")
+        # Positional: keywords to a class call build a dict on every request.
         exchange = HttpExchange(
             self,
             message,
             payload,
-            version=version,
-            keep_alive=keep_alive,
-            limits=self._settings.body_limits,
-            client=self.client,
-            server=self.server,
-            on_done=self._on_done,
+            version,
+            keep_alive,
+            self._settings.body_limits,
+            self.client,
+            self.server,
+            self._on_done,
         )
         self.exchange = exchange
         self._busy = True
@@ -353,14 +352,14 @@ class HttpConnection(ParsingProtocol):
                 self._busy = False
                 self.force_close()
                 return
-            self.loop.create_task(self._discard_body(payload))
+            self.event_loop.create_task(self._discard_body(payload))
             return
         self._busy = False
         self._serve_next()
 
     async def _discard_body(self, payload: StreamReader) -> None:
         """Read and drop the rest of a body the app ignored, then serve the next request."""
-        loop = self.loop
+        loop = self.event_loop
         deadline = loop.time() + DISCARD_TIME
         discarded = 0
         try:

@@ -100,7 +100,6 @@ class HttpExchange:
         connection: Connection,
         message: RawRequestMessage,
         payload: StreamReader,
-        *,
         version: str,
         keep_alive: bool,
         limits: BodyLimits = NO_LIMITS,
@@ -191,11 +190,12 @@ class HttpExchange:
                 self.fail()
         finally:
             on_end(self)
-        self._record()  # no response reached the client
+        if not self._recorded and self._on_complete is not None:
+            self._record()  # no response reached the client
 
     def _record(self) -> None:
-        if self._on_complete is not None and not self._recorded:
-            self._recorded = True
+        self._recorded = True
+        if self._on_complete is not None:
             self._on_complete(self)
 
     def cancel(self) -> None:
@@ -450,26 +450,22 @@ class HttpExchange:
             name.lower() == REQUEST_ID_HEADER for name, _ in headers
         ):
             headers = [*headers, (REQUEST_ID_HEADER, request_id)]
-        head = serialize_head(
-            self.status,
-            headers,
-            version=self.version,
-            method=message.method,
-            length=length,
-            keep_alive=self.keep_alive,
+        # Positional and unpacked at once: this runs on every response.
+        data, no_body, declared, chunked, keep_alive, mismatch = serialize_head(
+            self.status, headers, self.version, message.method, length, self.keep_alive
         )
-        if head.mismatch:
+        if mismatch:
             logger.error(
                 "%s %s: the app declared content-length %s but sent %d bytes; "
                 "closing the connection",
                 message.method,
                 message.path,
-                head.declared,
+                declared,
                 length,
             )
-        self._no_body, self._declared, self._chunked = head.no_body, head.declared, head.chunked
-        self.keep_alive = head.keep_alive
-        return head.data
+        self._no_body, self._declared, self._chunked = no_body, declared, chunked
+        self.keep_alive = keep_alive
+        return data
 
     def _write(self, head: bytes, body: bytes, more: bool) -> None:
         transport = self.connection.transport
@@ -502,7 +498,8 @@ class HttpExchange:
                 and self._sent < self._declared
             ):
                 self.keep_alive = False  # the client sees a short body, then the close
-            self._record()
+            if not self._recorded and self._on_complete is not None:
+                self._record()
         if data:
             transport.write(data)
         if not more and self._on_done is not None:

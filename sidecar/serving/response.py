@@ -73,7 +73,11 @@ def simple_response(status: int) -> bytes:
 
 
 class Head(NamedTuple):
-    """A serialized head and the framing it decided for the body."""
+    """A serialized head and the framing it decided for the body.
+
+    ``serialize_head`` returns these fields as a plain tuple (it runs on every response,
+    and a plain tuple costs no call); ``Head(*fields)`` names them.
+    """
 
     data: bytes
     #: No body may follow (HEAD, 1xx, 204, 304).
@@ -89,12 +93,11 @@ class Head(NamedTuple):
 def serialize_head(
     status: int,
     headers: Headers,
-    *,
     version: str,
     method: str,
     length: int | None,
     keep_alive: bool,
-) -> Head:
+) -> tuple[bytes, bool, int | None, bool, bool, bool]:
     """Serialize a response head; ``length`` is known for a body sent in one message.
 
     Decides the framing: the app's Content-Length, else our own for a complete body,
@@ -161,7 +164,7 @@ def serialize_head(
         elif keep_alive and version == "1.0":
             lines.append(b"connection: keep-alive\r\n")
     lines.append(b"\r\n")
-    return Head(b"".join(lines), no_body, declared, chunked, keep_alive, mismatch)
+    return b"".join(lines), no_body, declared, chunked, keep_alive, mismatch
 
 
 class FileBody:

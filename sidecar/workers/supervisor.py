@@ -26,21 +26,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import socket
 from collections.abc import Callable
 from typing import Any
 
+from ..addresses import http_url
 from ..admin import AdminServer
 from ..aio import first_of
 from ..auth import AdminGuard, load_token
 from ..config import Config, ServerConfig
 from ..errors import AppLoadError, BindError, LifespanError, SidecarError
 from ..metrics import STARTUP_FAILURE_REASONS
-from ..probe import Probe, passes
+from ..probe import verdicts
+from ..process import exit_now, stdin_is_a_terminal
 from ..record import StartupRecord
-from ..runner import stdin_is_a_terminal
 from ..serving import CUT_GRACE
 from ..state import Lifecycle, Phase, log_transition
 from .metrics import SupervisorMetrics
@@ -140,12 +140,8 @@ class Supervisor:
         self._skip_delay = False
 
     def _lifecycle_sample(self) -> tuple[str, bool, bool]:
-        probes = self.probes
-        return (
-            self.lifecycle.phase.value,
-            passes(probes.checks(Probe.READINESS)),
-            passes(probes.checks(Probe.LIVENESS)),
-        )
+        """The phase and the verdicts of /readyz and /livez now (for a scrape)."""
+        return (self.lifecycle.phase.value, *verdicts(self.probes.checks))
 
     def _worker_config(self, slot: int) -> dict[str, Any]:
         listen = self._listen
@@ -206,7 +202,7 @@ class Supervisor:
         try:
             self._listen = bind_app_socket(self.config.server)
             self.admin.start()
-            logger.info("admin endpoints on %s", _url(self.admin.address))
+            logger.info("admin endpoints on %s", http_url(self.admin.address))
             logger.info(
                 "starting %d workers on %s:%d",
                 pool.size,
@@ -316,22 +312,9 @@ class Supervisor:
         await self.pool.stop(force=True)
 
 
-def _url(address: tuple[str, int] | None) -> str:
-    if address is None:
-        return "http://?"
-    host, port = address
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def _exit_now(code: int) -> None:
-    """End the process at once: flush the log, skip every cleanup (a third signal)."""
-    logging.shutdown()
-    os._exit(code)
-
-
 def run_supervisor(config: Config) -> None:
     """Run a pod of ``server.workers`` workers in this process until it stops.
 
     The supervisor's own loop is plain asyncio: it runs no app code.
     """
-    asyncio.run(Supervisor(config, on_abort=_exit_now).serve())
+    asyncio.run(Supervisor(config, on_abort=exit_now).serve())

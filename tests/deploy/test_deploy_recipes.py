@@ -1,5 +1,5 @@
 """The recipes for an existing app's image (examples/fastapi-app): lint-clean, consistent with
-the sidecar's image and the chart, and shown in README.md exactly as they are built
+the sidecar's image and the chart, and shown in the docs exactly as they are built
 (tests/deploy/test_image.py builds and runs them)."""
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ from .test_deploy_dockerfile import exec_form, parse_dockerfile
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "fastapi-app"
 RECIPES = ("Dockerfile", "Dockerfile.wheel")
+#: Where each recipe is shown: the requirements one in README.md ("Add it to your
+#: Dockerfile"), the wheel one with the other images in docs/deployment.md.
+SHOWN_IN = {"Dockerfile": ROOT / "README.md", "Dockerfile.wheel": ROOT / "docs" / "deployment.md"}
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -53,9 +56,10 @@ def test_recipe_builds_on_the_sidecar_image_and_runs_as_the_chart_expects(
     assert cmd[-1] == "myapp.main:app"
 
 
-def test_readme_shows_the_recipes_as_they_are() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```dockerfile\n(.*?)```", readme, flags=re.DOTALL)
-    for recipe in RECIPES:
-        text = (EXAMPLE / recipe).read_text(encoding="utf-8")
-        assert text in blocks, f"README.md does not show examples/fastapi-app/{recipe} as it is"
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_the_docs_show_the_recipes_as_they_are(recipe: str) -> None:
+    document = SHOWN_IN[recipe]
+    blocks = re.findall(r"```dockerfile\n(.*?)```", document.read_text(encoding="utf-8"), re.DOTALL)
+    text = (EXAMPLE / recipe).read_text(encoding="utf-8")
+    name = document.relative_to(ROOT)
+    assert text in blocks, f"{name} does not show examples/fastapi-app/{recipe} as it is"

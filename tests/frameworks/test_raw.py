@@ -100,7 +100,7 @@ def test_websocket_refused_before_accept(servers: Servers) -> None:
 
 
 def test_startup_that_raises_is_a_failure_not_unsupported(cli: Any) -> None:
-    # Deliberate (README, "Lifespan"): with lifespan auto, uvicorn calls a startup that
+    # Deliberate (docs/lifespan.md): with lifespan auto, uvicorn calls a startup that
     # raised "unsupported" and serves the app; the sidecar refuses to serve it.
     target = "tests.frameworks.raw_app:startup_raises"
     sidecar = cli("run", target, *LOOPBACK, "--lifespan", "auto")

@@ -1,7 +1,7 @@
 """Rolling updates of real sidecar pods under load, with and without the drain.
 
 The CI size of the simulation (``bench/rollout.py`` runs bigger ones, and the figures in
-README.md): 3 pods rolled twice (six pod replacements, then the last three pods stopped)
+docs/shutdown.md): 3 pods rolled twice (six pod replacements, then the last three pods stopped)
 under 200 requests per second of short, slow (2 s) and streaming requests plus 8
 WebSocket sessions. The Kubernetes timings are scaled down to keep the test short: a
 probe every 0.2 s, unready after 3 failures, 0.3 s for endpoint updates to reach the load

@@ -26,8 +26,15 @@ def _head(
     length: int | None = 5,
     keep_alive: bool = True,
 ) -> tuple[bytes, Head]:
-    head = serialize_head(
-        status, headers or [], version=version, method=method, length=length, keep_alive=keep_alive
+    head = Head(
+        *serialize_head(
+            status,
+            headers or [],
+            version=version,
+            method=method,
+            length=length,
+            keep_alive=keep_alive,
+        )
     )
     return DATE.sub(b"", head.data), head
 
