@@ -64,7 +64,7 @@ from .process import exit_now, stdin_is_a_terminal
 from .record import StartupRecord
 from .serving import AppServer
 from .state import Lifecycle, Phase, log_transition
-from .status import Status
+from .status import Status, Traffic, served_by
 from .types import ASGIApp
 
 logger = logging.getLogger("sidecar")
@@ -135,10 +135,9 @@ class Sidecar:
             self.checks,
             self.loop_monitor,
             self.startup_record,
-            self.metrics,
             version=__version__,
             started_at=time.time(),
-            app_port=lambda: self.app_server,
+            traffic=self._traffic,
         )
         self.admin = AdminServer(
             config.admin,
@@ -301,6 +300,11 @@ class Sidecar:
             },
             "served": server.served if server is not None else 0,
         }
+
+    def _traffic(self) -> Traffic:
+        """What the app port is doing now, for the status page."""
+        requests = self.metrics.requests if self.config.metrics.requests else None
+        return served_by(self.app_server, requests)
 
     def _on_lifespan_crash(self, message: str) -> None:
         self.metrics.lifespan_crashes.inc()

@@ -46,14 +46,14 @@ import os
 import platform
 import socket
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple, Protocol
 
 from .config import Config
 from .health import CheckScheduler, LoopMonitor
 from .health.loop_monitor import HISTORY_STEP, RECENT_WINDOW
 from .health.scheduler import CheckHistory
-from .metrics import Metrics
+from .metrics import RequestStats
 from .probe import Check, Probe, check_document, passes
 from .record import StartupRecord
 from .state import Lifecycle
@@ -66,6 +66,21 @@ PROBES = (Probe.READINESS, Probe.LIVENESS, Probe.STARTUP)
 
 class ProbeSource(Protocol):
     def checks(self, probe: Probe) -> list[Check]: ...
+
+
+#: Request records as ``RequestStats.snapshot`` gives them: (method, route, status) and the
+#: observations per latency bucket, their sum last.
+RequestRecords = Iterable[tuple[tuple[str, str, int], Sequence[float]]]
+
+
+class Traffic(NamedTuple):
+    """What the app port is doing now, however many processes serve it."""
+
+    serving: bool  # the app port is bound
+    in_flight: int
+    connections_open: int
+    websockets_open: int
+    requests: RequestRecords | None  # None while request metrics are off
 
 
 class AppPort(Protocol):
@@ -81,6 +96,19 @@ class AppPort(Protocol):
     def websocket_connections(self) -> int: ...
 
 
+def served_by(server: AppPort | None, requests: RequestStats | None) -> Traffic:
+    """The traffic of one process: its app server (once it exists) and request metrics."""
+    if server is None:
+        return Traffic(False, 0, 0, 0, requests.snapshot() if requests is not None else None)
+    return Traffic(
+        True,
+        server.in_flight,
+        server.connections_open,
+        server.websocket_connections,
+        requests.snapshot() if requests is not None else None,
+    )
+
+
 class Status:
     """Build status snapshots from the sidecar's parts (call ``snapshot`` from any thread)."""
 
@@ -92,26 +120,24 @@ class Status:
         scheduler: CheckScheduler | None,
         monitor: LoopMonitor | None,
         record: StartupRecord,
-        metrics: Metrics | None,
         *,
         version: str,
         started_at: float,
-        app_port: Callable[[], AppPort | None],
+        traffic: Callable[[], Traffic],
         workers: Callable[[], Sequence[dict[str, Any]]] = lambda: (),
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        """``app_port`` returns the app server once it exists; ``workers`` the workers'
-        dicts (see the module's docstring), when there are several."""
+        """``traffic`` says what the app port is doing now; ``workers`` returns the
+        workers' dicts (see the module's docstring), when there are several."""
         self._config = config
         self._lifecycle = lifecycle
         self._probes = probes
         self._scheduler = scheduler
         self._monitor = monitor
         self._record = record
-        self._metrics = metrics
         self._version = version
         self._started_at = started_at
-        self._app_port = app_port
+        self._traffic_now = traffic
         self._workers = workers
         self._wall_clock = wall_clock
         # Neither changes while the process runs.
@@ -194,23 +220,22 @@ class Status:
         return document
 
     def _traffic(self) -> dict[str, Any]:
-        server = self._app_port()
+        traffic = self._traffic_now()
         total: int | None = None
         responses: dict[str, int] | None = None
-        if self._metrics is not None and self._config.metrics.requests:
+        if traffic.requests is not None:
             total, responses = 0, {}
-            # The same plain records a scrape reads, copied only when asked.
-            for (_, _, status), record in self._metrics.requests.snapshot():
+            for (_, _, status), record in traffic.requests:
                 count = int(sum(record[:-1]))  # observations per bucket; the last is the sum
                 kind = f"{status // 100}xx"
                 responses[kind] = responses.get(kind, 0) + count
                 total += count
             responses = dict(sorted(responses.items()))
         return {
-            "serving": server is not None,
-            "requests_in_flight": server.in_flight if server is not None else 0,
-            "connections_open": server.connections_open if server is not None else 0,
-            "websockets_open": server.websocket_connections if server is not None else 0,
+            "serving": traffic.serving,
+            "requests_in_flight": traffic.in_flight,
+            "connections_open": traffic.connections_open,
+            "websockets_open": traffic.websockets_open,
             "requests_total": total,
             "responses": responses,
         }

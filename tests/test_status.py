@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable
 from html.parser import HTMLParser
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,15 +23,10 @@ import pytest
 from sidecar import HealthChecks
 from sidecar._version import __version__
 from sidecar.health.loop_monitor import HISTORY_STEP
-from sidecar.metrics import STARTUP_FAILURE_REASONS
-from sidecar.probe import Check, Probe
-from sidecar.record import StartupRecord
-from sidecar.state import Lifecycle
-from sidecar.status import Status
-from sidecar.status_page import CONTENT_SECURITY_POLICY, SCRIPT, STYLE, render
+from sidecar.status_page import CONTENT_SECURITY_POLICY, SCRIPT, STYLE
 
 from . import apps
-from .conftest import WAIT, LogWatch, fetch, make_config
+from .conftest import WAIT, LogWatch, fetch
 
 JSON = {"Accept": "application/json"}
 HTML = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
@@ -359,50 +353,3 @@ def test_startup_attempts_and_the_last_failure(run_sidecar: Any) -> None:
     html = fetch(running.admin("/")).text
     assert '<pre id="last-failure">the app reported lifespan.startup.failed: try 1</pre>' in html
     assert "Last failure: failed" in html
-
-
-def test_a_process_without_checks_or_loop_of_its_own_shows_its_workers(tmp_path: Path) -> None:
-    # As a supervisor of workers would build it: its lifecycle and probes, no scheduler,
-    # no loop monitor, no request metrics of its own; one row per worker.
-    config = make_config(lifespan__state_dir=str(tmp_path))
-    lifecycle = Lifecycle(drain_delay=0)
-    lifecycle.mark_started()
-
-    class Lines:
-        def checks(self, probe: Probe) -> list[Check]:
-            worker = Check("worker-0", True, critical=False, details={"slot": 0})
-            return [*lifecycle.readiness_checks(), worker]
-
-    worker = {
-        "slot": 0,
-        "pid": 4242,
-        "phase": "ready",
-        "ready": True,
-        "loop_lag_s": 0.012,
-        "restarts": 1,
-        "rss_bytes": 3 * 2**20,
-    }
-    status = Status(
-        config,
-        lifecycle,
-        Lines(),
-        None,
-        None,
-        StartupRecord(config.lifespan.state_dir, STARTUP_FAILURE_REASONS),
-        None,
-        version=__version__,
-        started_at=time.time(),
-        app_port=lambda: None,
-        workers=lambda: [worker],
-    )
-    document = json.loads(json.dumps(status.snapshot()))
-    assert document["workers"] == [worker]
-    assert document["event_loop"]["monitored"] is False
-    assert document["event_loop"]["history_max_lag_s"] == []
-    assert (document["traffic"]["serving"], document["traffic"]["requests_total"]) == (False, None)
-    assert all("history" not in c for c in document["probes"]["readiness"]["checks"])
-    html = render(document)
-    page = Parsed(html)
-    assert page.by_id("workers")
-    assert "4242" in "".join(page.text)
-    assert "Each worker's lag is in the workers' table below." in html

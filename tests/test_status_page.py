@@ -16,6 +16,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,6 +29,7 @@ from . import apps
 from .browser import Chromium, Page
 from .conftest import ROOT, WAIT, LogWatch, fetch, require_binaries
 from .test_status import poll, snapshot, verdicts
+from .workers.test_supervisor import start_pod
 
 DOCS_SCREENSHOT = ROOT / "docs" / "status-page.png"
 
@@ -40,6 +42,11 @@ CHECKS_IN_DOM = """
     state: row.querySelector(".badge").textContent,
   })),
 }))
+"""
+# The workers' table, one list of cell texts per row.
+WORKERS_IN_DOM = """
+[...document.querySelectorAll('#workers tbody tr')].map(row =>
+  [...row.querySelectorAll('td, th')].map(cell => cell.textContent.trim()))
 """
 ENDPOINTS = {"readiness": "/readyz", "liveness": "/livez", "startup": "/startupz"}
 
@@ -294,6 +301,30 @@ def test_every_colour_pair_has_enough_contrast(scheme: str) -> None:
     for mark in ("chart", "limit", "ok", "bad"):  # WCAG AA for graphics: the bars and lines
         ratio = contrast(palette[mark], palette["panel"])
         assert ratio >= 3, f"{scheme}: {mark} on panel is {ratio:.2f}:1"
+
+
+def test_a_browser_shows_each_worker_of_a_pod(cli: Any, open_page: Callable[..., Page]) -> None:
+    # The supervisor's page in the browser: every probe line the pod answers with, and a
+    # row per worker with its pid, as /readyz reports them.
+    pod = start_pod(cli)
+    try:
+        page = open_page(width=1200, height=900)
+        page.navigate(pod.admin_url + "/")
+        assert page.evaluate("document.querySelector('#phase').dataset.phase") == "ready"
+        running = SimpleNamespace(admin=lambda path: pod.admin_url + path)
+        assert_shows_every_check(page, running)
+        rows = page.evaluate(WORKERS_IN_DOM)
+        workers = fetch(pod.admin_url + "/readyz", headers={"Accept": "application/json"})
+        expected = [
+            [str(c["details"]["slot"]), str(c["details"]["pid"]), c["details"]["phase"], "ready"]
+            for c in workers.json()["checks"]
+            if c["name"].startswith("worker-")
+        ]
+        assert [row[:4] for row in rows] == expected
+        assert len(rows) == 2
+        assert_nothing_but_the_page(page, pod.admin_url + "/")
+    finally:
+        pod.kill()
 
 
 def test_workers_are_a_table_only_when_there_are_some(run_sidecar: Any) -> None:

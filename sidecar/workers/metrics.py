@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Gauge, Info
 from prometheus_client.core import (
@@ -69,6 +69,16 @@ class Retired:
                 self.labelled[key] = self.labelled.get(key, 0.0) + value
 
 
+class Sums(NamedTuple):
+    """The workers' figures added up (request records as ``RequestStats.snapshot`` has them)."""
+
+    requests: dict[Key, list[float]]
+    loop_lag: list[float]
+    counters: dict[str, float]
+    labelled: dict[tuple[str, str], float]
+    gauges: dict[str, float]
+
+
 class WorkerMetrics(Collector):
     """The families summed over the workers, and the per-worker ones."""
 
@@ -81,16 +91,21 @@ class WorkerMetrics(Collector):
     def retire(self, worker: Worker) -> None:
         self.retired.add(worker.status)
 
-    def collect(self) -> Iterable[Metric]:
-        pool, retired = self._pool, self.retired
-        running = [w for w in pool.everyone if w.exit_code is None]
-        statuses = [w.status for w in running]
-        requests = {key: list(record) for key, record in retired.requests.items()}
-        loop_lag = list(retired.loop_lag)
-        counters = dict(retired.counters)
-        labelled = dict(retired.labelled)
-        gauges: dict[str, float] = {}
-        for status in statuses:
+    def sums(self) -> Sums:
+        """What the running workers report plus what the exited ones had counted."""
+        retired = self.retired
+        sums = Sums(
+            requests={key: list(record) for key, record in retired.requests.items()},
+            loop_lag=list(retired.loop_lag),
+            counters=dict(retired.counters),
+            labelled=dict(retired.labelled),
+            gauges={},
+        )
+        requests, loop_lag, counters, labelled, gauges = sums
+        for worker in self._pool.everyone:
+            if worker.exit_code is not None:
+                continue
+            status = worker.status
             for key, record in status.get("requests", ()):
                 _add(requests, (key[0], key[1], int(key[2])), record)
             for index, value in enumerate(status.get("loop_lag") or ()):
@@ -102,6 +117,11 @@ class WorkerMetrics(Collector):
                     labelled[(name, label)] = labelled.get((name, label), 0.0) + value
             for name, value in status.get("gauges", {}).items():
                 gauges[name] = gauges.get(name, 0.0) + value
+        return sums
+
+    def collect(self) -> Iterable[Metric]:
+        requests, loop_lag, counters, labelled, gauges = self.sums()
+        running = [w for w in self._pool.everyone if w.exit_code is None]
         yield from self._requests.families(
             sorted(requests.items()), int(gauges.get("in_flight", 0))
         )

@@ -62,6 +62,11 @@ class WorkerProbes:
             checks.append(self._worker_line(worker, probe, restarts.get(worker.slot, 0)))
         return checks
 
+    def rows(self) -> list[dict[str, object]]:
+        """Each worker's details, as its probe lines carry them (the status page's table)."""
+        restarts = self._pool.restarts_by_slot
+        return [_details(worker, restarts.get(worker.slot, 0)) for worker in self._pool.workers]
+
     def _readiness(self) -> Check:
         pool = self._pool
         ready, size = pool.ready_count, pool.size

@@ -28,9 +28,11 @@ import asyncio
 import logging
 import signal
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
+from .._version import __version__
 from ..addresses import http_url
 from ..admin import AdminServer
 from ..aio import first_of
@@ -43,6 +45,7 @@ from ..process import exit_now, stdin_is_a_terminal
 from ..record import StartupRecord
 from ..serving import CUT_GRACE
 from ..state import Lifecycle, Phase, log_transition
+from ..status import Status, Traffic
 from .metrics import SupervisorMetrics
 from .pool import Pool, Worker
 from .probes import WorkerProbes
@@ -133,6 +136,19 @@ class Supervisor:
                 config.admin.allow_from,
                 trust_loopback=config.admin.trust_loopback,
             ),
+            # No checks or event loop of its own to show: those are the workers'.
+            status=Status(
+                config,
+                self.lifecycle,
+                self.probes,
+                None,
+                None,
+                self.record,
+                version=__version__,
+                started_at=time.time(),
+                traffic=self._traffic,
+                workers=self.probes.rows,
+            ).snapshot,
         )
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
@@ -142,6 +158,18 @@ class Supervisor:
     def _lifecycle_sample(self) -> tuple[str, bool, bool]:
         """The phase and the verdicts of /readyz and /livez now (for a scrape)."""
         return (self.lifecycle.phase.value, *verdicts(self.probes.checks))
+
+    def _traffic(self) -> Traffic:
+        """The app port's traffic over every worker, for the status page."""
+        sums = self.metrics.workers.sums()
+        gauges = sums.gauges
+        return Traffic(
+            self._listen is not None,
+            int(gauges.get("in_flight", 0)),
+            int(gauges.get("connections_open", 0)),
+            int(gauges.get("websocket_connections", 0)),
+            sorted(sums.requests.items()) if self.config.metrics.requests else None,
+        )
 
     def _worker_config(self, slot: int) -> dict[str, Any]:
         listen = self._listen

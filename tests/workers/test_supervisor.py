@@ -19,7 +19,7 @@ from ..metrics_util import scrape_samples
 READY = r"INFO\s+sidecar: phase starting -> ready"  # the supervisor's, not a worker's
 
 
-def _start(cli: Any, *flags: str, workers: int = 2, env: dict[str, str] | None = None) -> Any:
+def start_pod(cli: Any, *flags: str, workers: int = 2, env: dict[str, str] | None = None) -> Any:
     proc: CliProcess = cli(
         "run", "cli_apps:workers_app", *LOOPBACK, "--workers", str(workers),
         "--drain-delay", "0", *flags, env=env,
@@ -101,13 +101,13 @@ class Load:
 
 @pytest.fixture
 def pod(cli: Any) -> Iterator[Any]:
-    proc = _start(cli)
+    proc = start_pod(cli)
     yield proc
     proc.kill()
 
 
 def test_every_worker_serves_and_runs_its_own_lifespan(cli: Any) -> None:
-    proc = _start(cli, workers=3)
+    proc = start_pod(cli, workers=3)
     workers = _workers(proc)
     pids = {worker["pid"] for worker in workers}
     assert len(pids) == 3
@@ -134,7 +134,7 @@ def test_every_worker_serves_and_runs_its_own_lifespan(cli: Any) -> None:
 
 
 def test_a_killed_worker_is_replaced_and_only_its_requests_fail(cli: Any) -> None:
-    proc = _start(cli, "--min-ready-workers", "1")
+    proc = start_pod(cli, "--min-ready-workers", "1")
     before = {w["slot"]: w["pid"] for w in _workers(proc)}
     with Load(proc.app_url + "/slow?ms=20") as load:
         _wait("traffic", lambda: load.served() > 20)
@@ -162,7 +162,7 @@ def test_a_killed_worker_is_replaced_and_only_its_requests_fail(cli: Any) -> Non
 
 def test_a_worker_stuck_in_a_cpu_loop_is_dumped_and_replaced(cli: Any) -> None:
     env = {"SIDECAR_HEALTH_LIVE_MAX_LOOP_LAG": "2", "SIDECAR_HEALTH_READY_MAX_LOOP_LAG": "1"}
-    proc = _start(cli, env=env)
+    proc = start_pod(cli, env=env)
     # Its connection is cut when the worker is killed.
     threading.Thread(target=fetch_quietly, args=(proc.app_url + "/spin?s=60",), daemon=True).start()
     spinning = int(proc.wait_line(r"spinning in pid (\d+)").group(1))
@@ -184,7 +184,7 @@ def test_a_worker_stuck_in_a_cpu_loop_is_dumped_and_replaced(cli: Any) -> None:
 
 
 def test_recycling_under_steady_load_fails_nothing(cli: Any) -> None:
-    proc = _start(cli, "--max-requests", "40", "--max-requests-jitter", "10")
+    proc = start_pod(cli, "--max-requests", "40", "--max-requests-jitter", "10")
     with Load(proc.app_url + "/slow?ms=5") as load:
         _wait(
             "two recycled workers",
@@ -205,7 +205,7 @@ def test_a_worker_whose_app_fails_to_start_ends_the_pod_with_3(cli: Any) -> None
 
 
 def test_ctrl_c_reaches_the_process_group_and_counts_once(cli: Any) -> None:
-    proc = _start(cli, "--drain-delay", "0.5")
+    proc = start_pod(cli, "--drain-delay", "0.5")
     os.killpg(os.getpgid(proc.proc.pid), signal.SIGINT) if False else None
     # The whole group, as a terminal's Ctrl-C: the supervisor and every worker.
     for pid in [proc.proc.pid, *(w["pid"] for w in _workers(proc))]:
@@ -251,7 +251,7 @@ def test_probes_and_metrics_answer_for_every_worker(pod: Any) -> None:
 
 
 def test_a_stop_with_workers_keeps_the_single_process_bound(cli: Any) -> None:
-    proc = _start(cli, "--graceful-timeout", "1", "--shutdown-timeout", "1")
+    proc = start_pod(cli, "--graceful-timeout", "1", "--shutdown-timeout", "1")
     threading.Thread(
         target=fetch_quietly, args=(proc.app_url + "/slow?ms=600000",), daemon=True
     ).start()
@@ -265,3 +265,42 @@ def test_a_stop_with_workers_keeps_the_single_process_bound(cli: Any) -> None:
     assert elapsed < 0 + 1 + 1 + 1 + 2, proc.log()
     assert code == 0, proc.log()
     proc.wait_line("cutting 1 request")
+
+
+def test_the_status_page_shows_every_worker(pod: Any) -> None:
+    # The supervisor's page: its own lifecycle, the probes over all workers, one row per
+    # worker (as its probe line's details), and the traffic summed over the workers.
+    for _ in range(10):
+        assert fetch(pod.app_url + "/pid").status == 200
+    rows = _workers(pod)
+    document = _wait(
+        "the requests in the status",
+        lambda: (
+            (reply := fetch(pod.admin_url + "/", headers={"Accept": "application/json"}).json())
+            and (reply["traffic"]["requests_total"] or 0) >= 10
+            and reply
+        ),
+    )
+    assert document["sidecar"]["pid"] == pod.proc.pid
+    assert document["phase"] == "ready"
+    assert [(w["slot"], w["pid"], w["phase"]) for w in document["workers"]] == [
+        (w["slot"], w["pid"], w["phase"]) for w in rows
+    ]
+    assert {w["slot"] for w in document["workers"]} == {0, 1}
+    assert all(w["ready"] and w["rss_bytes"] > 10_000_000 for w in document["workers"])
+    traffic = document["traffic"]
+    assert traffic["serving"] is True
+    assert traffic["responses"]["2xx"] == traffic["requests_total"]
+    names = [c["name"] for c in document["probes"]["readiness"]["checks"]]
+    assert names == [c["name"] for c in fetch(
+        pod.admin_url + "/readyz", headers={"Accept": "application/json"}
+    ).json()["checks"]]  # fmt: skip
+    assert {"workers", "worker-0", "worker-1"} <= set(names)
+    # No checks or event loop of its own: those are the workers'.
+    assert document["event_loop"]["monitored"] is False
+    html = fetch(pod.admin_url + "/").text
+    table = html[html.index('<section id="workers"') :]
+    table = table[: table.index("</section>")]
+    for worker in document["workers"]:
+        assert f">{worker['pid']}<" in table
+    assert table.count("<tr>") == 3  # the heading and one row per worker
