@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.compare import (
     Prober,
     free_port,
+    stop_server,
     wait_until_answering,
 )
 
@@ -163,12 +164,7 @@ def running(name: str, workers: int) -> Iterator[tuple[subprocess.Popen[bytes], 
                 wait_until_answering(port, proc, PATH)
         yield proc, port, admin
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}

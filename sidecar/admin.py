@@ -11,7 +11,7 @@ excludes a group), ``?verbose``, JSON on ``Accept: application/json``, and
 ``/healthz`` as the deprecated name of ``/livez``. The same thread runs the background
 tasks that keep the probes' answers current (the event-loop watcher, the checks).
 
-``/`` is the status page for people (``status_page``), or its content as JSON.
+``/`` is the status page for people (``status``), or its content as JSON.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from .config import AdminConfig
 from .errors import BindError
 from .probe import Check, Probe, check_document, passes
 from .state import Lifecycle
-from .status_page import HEADERS as STATUS_PAGE_HEADERS
-from .status_page import refresh_interval
-from .status_page import render as render_status_page
+from .status import HEADERS as STATUS_PAGE_HEADERS
+from .status import refresh_interval
+from .status import render as render_status_page
 
 logger = logging.getLogger("sidecar.admin")
 

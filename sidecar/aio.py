@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from .errors import ConfigError
 
 
 async def first_of(
@@ -27,3 +29,22 @@ async def first_of(
             if not future.done():
                 future.cancel()
     return next((future for future in futures if future.done() and not future.cancelled()), None)
+
+
+def loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``server.loop`` asks for: uvloop when installed (``auto``), or
+    asyncio's (``None``); ``uvloop`` without uvloop installed is a ``ConfigError``."""
+    if kind == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if kind == "uvloop":
+            raise ConfigError(
+                [
+                    "server.loop is 'uvloop' but uvloop is not installed "
+                    "(pip install uvloop), or set server.loop to 'auto'"
+                ]
+            ) from None
+        return None
+    return uvloop.new_event_loop

@@ -50,6 +50,12 @@ class AdminGuard:
         #: Nothing is required of a caller: neither a token nor an allowed address.
         self.open = not self._token and self._networks is None
 
+    @classmethod
+    def from_config(cls, config: AdminConfig) -> AdminGuard:
+        """The guard ``admin`` configures: its token (from any source), ``allow_from``
+        and ``trust_loopback``."""
+        return cls(load_token(config), config.allow_from, trust_loopback=config.trust_loopback)
+
     def check(self, peer: str | None, authorization: str | None) -> Denial | None:
         """Return ``None`` when the caller may proceed, else why not."""
         if self.open or (self._trust_loopback and is_loopback(peer)):

@@ -56,6 +56,14 @@ class UnexpectedMessageError(SidecarError):
         )
 
 
+class ClientDisconnected(OSError):
+    """Raised by ``send()`` (to the app) when the client has closed the connection.
+
+    An ``OSError``, as the HTTP spec 2.4 says (``serving.scope.ASGI_VERSION``): it is what lets
+    Starlette stream without a second task listening for ``http.disconnect``.
+    """
+
+
 class BindError(SidecarError):
     """A listening socket could not be opened (port in use, permission, bad address)."""
 

@@ -10,7 +10,7 @@ Only this module knows every part. The order of a run:
    the app registers its checks with;
 3. bind the app port only after startup completed, then report ready;
 4. on SIGTERM/SIGINT (or the injected trigger) the shutdown order below, owned here
-   (``_stop_serving``): not ready, keep serving for what is left of the drain delay,
+   (``stopping.stop_serving``): not ready, keep serving for what is left of the drain delay,
    end streams, close the listener, let in-flight requests finish, cut what is left;
    a second signal skips what is left of the waits, and a first SIGINT from a terminal
    (Ctrl-C: a person waits, no load balancer routes here) skips the drain delay only;
@@ -29,9 +29,9 @@ chart's ``terminationGracePeriodSeconds`` covers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
-import os
 import signal
 import threading
 import time
@@ -43,10 +43,10 @@ from prometheus_client import CollectorRegistry
 from ._version import __version__
 from .addresses import http_url
 from .admin import AdminServer
-from .aio import first_of
-from .auth import AdminGuard, load_token
+from .aio import first_of, loop_factory
+from .auth import AdminGuard
 from .config import Config
-from .errors import AppLoadError, ConfigError, LifespanError
+from .errors import AppLoadError, LifespanError
 from .health import (
     STATE_KEY,
     CheckScheduler,
@@ -59,12 +59,13 @@ from .health import (
 from .lifespan import LifespanDriver
 from .loader import load_app, load_callable
 from .metrics import STARTUP_FAILURE_REASONS, Metrics
-from .probe import Probe, passes, verdicts
+from .probe import verdicts
 from .process import exit_now, stdin_is_a_terminal
 from .record import StartupRecord
 from .serving import AppServer
 from .state import Lifecycle, Phase, log_transition
 from .status import Status, Traffic, served_by
+from .stopping import StopRequests, stop_serving
 from .types import ASGIApp
 
 logger = logging.getLogger("sidecar")
@@ -76,9 +77,8 @@ ShutdownTrigger = Callable[[], Awaitable[Any]]
 class Reporter(Protocol):
     """A worker's link to its supervisor (``workers.link.WorkerLink``)."""
 
-    status: Callable[[], dict[str, Any]]
-    stop: Callable[[bool], None]
-    dump: Callable[[], None]
+    def attach(self, sidecar: Sidecar) -> None:
+        """Report ``sidecar``'s status from now on and obey the supervisor on it."""
 
     async def run(self) -> None: ...
 
@@ -107,8 +107,6 @@ class Sidecar:
         """
         self._link = link
         self.config = config
-        # Whether a person at a terminal started this process (SIGINT is their Ctrl-C).
-        self._on_terminal = on_terminal if on_terminal is not None else stdin_is_a_terminal
         self._app = app
         # The drain clock: when a drain began and how much of its delay is left.
         self.lifecycle = Lifecycle(drain_delay=config.shutdown.drain_delay, clock=clock)
@@ -149,32 +147,26 @@ class Sidecar:
                 self.checks.run,
                 *((link.run,) if link is not None else ()),
             ),
-            guard=AdminGuard(
-                load_token(config.admin),
-                config.admin.allow_from,
-                trust_loopback=config.admin.trust_loopback,
-            ),
+            guard=AdminGuard.from_config(config.admin),
             serve_port=link is None,
             status=self.status.snapshot,
         )
         if link is not None:
-            link.status = self._worker_status
-            link.stop = lambda force: self.request_shutdown(force=force)
-            link.dump = self.loop_monitor.dump_now
+            link.attach(self)
         self._config_checks_added = False
         self.app_server: AppServer | None = None
         #: Set once the app port is bound and the sidecar reports ready.
         self.serving = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        # asyncio.Event binds to a loop on first use, so both can be made here.
-        self._stop = asyncio.Event()
-        self._force = asyncio.Event()
-        self._signals = 0
-        self._on_abort = on_abort
         self._lifespan_shutdown_state = "not begun"
-        # Set to end the drain delay early (a Ctrl-C at a terminal, or ``_force``); the
-        # wait for in-flight requests and lifespan shutdown are kept.
-        self._skip_delay = asyncio.Event()
+        self._requests = StopRequests(
+            self.lifecycle,
+            config.shutdown.drain_delay,
+            # Whether a person at a terminal started this process (SIGINT is their Ctrl-C).
+            on_terminal=on_terminal if on_terminal is not None else stdin_is_a_terminal,
+            abort=(lambda signum: self._abort(signum, on_abort)) if on_abort else None,
+        )
+        self._stop, self._force = self._requests.stop, self._requests.force
 
     # -- shutdown requests ----------------------------------------------------------------
 
@@ -185,41 +177,7 @@ class Sidecar:
         """
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._on_shutdown_request, force)
-
-    def _on_shutdown_request(self, force: bool) -> None:
-        stop, cut = self._stop, self._force
-        if stop.is_set() or force:
-            if not cut.is_set():
-                logger.warning("second shutdown request: skipping what is left of the drain")
-            cut.set()
-            self._skip_delay.set()
-        stop.set()
-
-    def _on_signal(self, signum: signal.Signals) -> None:
-        self._signals += 1
-        if self._signals >= 3 and self._on_abort is not None:
-            logger.info("received %s", signal.Signals(signum).name)
-            self._abort(signum, self._on_abort)
-            return
-        delay = self.config.shutdown.drain_delay
-        if (
-            signum == signal.SIGINT
-            and not self._stop.is_set()
-            and delay > 0
-            and self.lifecycle.drain_started is None
-            and self._on_terminal()
-        ):
-            # Ctrl-C at a terminal: a person waits, and no load balancer routes here.
-            logger.info(
-                "received SIGINT from a terminal: skipping the %gs drain delay "
-                "(no load balancer to wait for); in-flight requests still finish",
-                delay,
-            )
-            self._skip_delay.set()
-        else:
-            logger.info("received %s", signal.Signals(signum).name)
-        self._on_shutdown_request(False)
+            loop.call_soon_threadsafe(self._requests.request, force)
 
     def _abort(self, signum: signal.Signals, on_abort: Callable[[int], None]) -> None:
         """A third signal: say what is cut, then exit at once (``128 + signum``)."""
@@ -243,63 +201,6 @@ class Sidecar:
     def _lifecycle_sample(self) -> tuple[str, bool, bool]:
         """The phase and the verdicts of /readyz and /livez now (for a scrape)."""
         return (self.lifecycle.phase.value, *verdicts(self.probes.checks))
-
-    def _worker_status(self) -> dict[str, Any]:
-        """What a worker reports to its supervisor (on the admin thread, twice a second).
-
-        The supervisor decides with the verdicts and sums the counters; the keys are read
-        by ``workers.pool``, ``workers.probes`` and ``workers.metrics``.
-        """
-        probes, metrics, server = self.probes, self.metrics, self.app_server
-        checks = {probe: probes.checks(probe) for probe in Probe}
-        lines = {
-            probe.value: [[c.name, c.ok, c.message, c.critical] for c in found]
-            for probe, found in checks.items()
-        }
-        labelled: dict[str, dict[str, float]] = {}
-        counters: dict[str, float] = {}
-        for instrument in (
-            metrics.requests_aborted,
-            metrics.shutdown_failures,
-            metrics.check_failures,
-            metrics.lifespan_crashes,
-        ):
-            for family in instrument.collect():
-                for sample in family.samples:
-                    if not sample.name.endswith("_total"):
-                        continue
-                    if sample.labels:
-                        [label] = sample.labels.values()
-                        labelled.setdefault(family.name, {})[label] = sample.value
-                    else:
-                        counters[family.name] = sample.value
-        statuses = {
-            sample.labels["check"]: sample.value
-            for family in metrics.check_status.collect()
-            for sample in family.samples
-        }
-        lag, longest = self.loop_monitor.sample()
-        return {
-            "pid": os.getpid(),
-            "phase": self.lifecycle.phase.value,
-            "started": self.lifecycle.startup_complete,
-            "ready": passes(checks[Probe.READINESS]),
-            "live": passes(checks[Probe.LIVENESS]),
-            **lines,
-            "lag": lag,
-            "longest_stall": longest,
-            "requests": metrics.requests.snapshot(),
-            "loop_lag": metrics.loop_lag.snapshot(),
-            "counters": counters,
-            "labelled": labelled,
-            "checks": statuses,
-            "gauges": {
-                "in_flight": metrics.requests.in_flight,
-                "connections_open": server.connections_open if server is not None else 0,
-                "websocket_connections": server.websocket_connections if server else 0,
-            },
-            "served": server.served if server is not None else 0,
-        }
 
     def _traffic(self) -> Traffic:
         """What the app port is doing now, for the status page."""
@@ -329,7 +230,7 @@ class Sidecar:
                 (signal.SIGTERM,) if self._link is not None else (signal.SIGTERM, signal.SIGINT)
             )
             for signum in signals:
-                loop.add_signal_handler(signum, self._on_signal, signum)
+                loop.add_signal_handler(signum, self._requests.on_signal, signum)
                 installed.append(signum)
         else:
             trigger_task = asyncio.create_task(self._watch(shutdown_trigger))
@@ -385,7 +286,7 @@ class Sidecar:
 
     async def _watch(self, trigger: ShutdownTrigger) -> None:
         await trigger()
-        self._on_shutdown_request(False)
+        self._requests.request()
 
     async def _until_stopped(self, awaitable: Awaitable[T]) -> tuple[bool, T | None]:
         """Await ``awaitable`` unless shutdown is requested first; then cancel it.
@@ -432,10 +333,7 @@ class Sidecar:
         app_dir = self.config.app.app_dir
         for index, spec in enumerate(self.config.health.checks):
             what = f"health check {spec.name!r} (health.checks[{index}].target)"
-
-            def resolve(target: str, what: str = what) -> Any:
-                return load_callable(target, what=what, app_dir=app_dir)
-
+            resolve = functools.partial(load_callable, what=what, app_dir=app_dir)
             try:
                 definition = config_check(spec, resolve)
             except AppLoadError as exc:
@@ -552,37 +450,9 @@ class Sidecar:
             await self._linger(f"{server.aborted} request(s) were cut", until=self._force)
 
     async def _stop_serving(self, server: AppServer) -> None:
-        """Drain and stop the app port, in the one shutdown order (see the module doc)."""
-        loop = asyncio.get_running_loop()
-        shutdown, lifecycle, force = self.config.shutdown, self.lifecycle, self._force
-        skip = self._skip_delay
-        # A preStop hook may have started the drain already: only what is left of the
-        # delay is waited for. Both deadlines are fixed now; a skipped delay counts as
-        # over, so the graceful timeout starts at once.
-        drain_end = lifecycle.begin_drain()  # on the lifecycle's clock
-        left = 0.0 if skip.is_set() else drain_end - lifecycle.clock()
-        deadline = loop.time() + max(left, 0.0) + shutdown.graceful_timeout
-        if left > 0:
-            # Keep serving while load balancers stop routing here.
-            logger.info("draining: serving for %.1fs more before closing the listener", left)
-            # The loop's clock may run a hair behind the lifecycle's: wait until the
-            # drain has ended on the clock that defines it.
-            while left > 0 and not skip.is_set():
-                await first_of(skip.wait(), deadline=loop.time() + left)
-                left = drain_end - lifecycle.clock()
-        server.end_streams()
-        if shutdown.drain_mode == "idle" and server.in_flight and not force.is_set():
-            logger.info(
-                "draining: %d request(s) in flight; closing the listener once they finish",
-                server.in_flight,
-            )
-            await server.wait_idle(deadline, cut_short=force, requests_only=True)
-        lifecycle.transition(Phase.STOPPING, f"{server.in_flight} request(s) in flight")
-        server.close_listener()
-        if not force.is_set():
-            await server.wait_idle(deadline, cut_short=force)
-        aborted = await server.cut() if server.busy else 0
-        await server.close()
+        """Drain and stop the app port (``stopping.stop_serving``), then count the drain."""
+        lifecycle = self.lifecycle
+        aborted = await stop_serving(server, lifecycle, self.config.shutdown, self._requests)
         started = lifecycle.drain_started
         if started is not None:
             self.metrics.drain_duration.set(lifecycle.clock() - started)
@@ -619,27 +489,10 @@ class Sidecar:
             self._lifespan_shutdown_state = "done"
 
 
-def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    if kind == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        if kind == "uvloop":
-            raise ConfigError(
-                [
-                    "server.loop is 'uvloop' but uvloop is not installed "
-                    "(pip install uvloop), or set server.loop to 'auto'"
-                ]
-            ) from None
-        return None
-    return uvloop.new_event_loop
-
-
 def run(config: Config, *, link: Reporter | None = None) -> None:
     """Run a sidecar for ``config`` in this thread until it stops (the CLI's entry).
 
     ``link``: this process is a worker of a pod with several (``workers.child``).
     """
-    with asyncio.Runner(loop_factory=_loop_factory(config.server.loop)) as runner:
+    with asyncio.Runner(loop_factory=loop_factory(config.server.loop)) as runner:
         runner.run(Sidecar(config, on_abort=exit_now, link=link).serve())

@@ -15,7 +15,6 @@ from sidecar.config import (
     dump_config,
     key_specs,
     load_config,
-    redact_url,
 )
 
 from .conftest import ROOT
@@ -169,20 +168,6 @@ def test_dump_redacts_the_password_of_a_check_url() -> None:
     )
     # Handed to another process of the sidecar (a worker), the URL stays whole.
     assert config.to_document()["health"]["checks"][0]["url"] == check["url"]
-
-
-@pytest.mark.parametrize(
-    ("url", "shown"),
-    [
-        ("http://u:p@h:1/x?q=1#f", "http://u:<redacted>@h:1/x?q=1#f"),
-        ("http://u@h/x", "http://u@h/x"),  # no password: nothing to hide
-        ("http://h/x", "http://h/x"),
-        ("http://u:p:q@h/", "http://u:<redacted>@h/"),
-        ("http://[::1", "http://[::1"),  # not a URL: left as it is
-    ],
-)
-def test_redact_url(url: str, shown: str) -> None:
-    assert redact_url(url) == shown
 
 
 def test_the_example_config_is_valid_and_documents_every_key() -> None:

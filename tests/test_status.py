@@ -7,6 +7,7 @@ they come off the wire.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import itertools
 import json
@@ -14,7 +15,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from html.parser import HTMLParser
 from typing import Any
 
@@ -23,7 +24,7 @@ import pytest
 from sidecar import HealthChecks
 from sidecar._version import __version__
 from sidecar.health.loop_monitor import HISTORY_STEP
-from sidecar.status_page import CONTENT_SECURITY_POLICY, SCRIPT, STYLE
+from sidecar.status.assets import CONTENT_SECURITY_POLICY, SCRIPT, STYLE
 
 from . import apps
 from .conftest import WAIT, LogWatch, fetch
@@ -270,7 +271,10 @@ def test_everything_the_page_shows_is_escaped(run_sidecar: Any, logs: LogWatch) 
     assert all('"quoted"' not in str(attrs) for _, attrs in page.tags)
 
 
-def test_the_page_answers_while_the_app_loop_is_blocked(run_sidecar: Any, logs: LogWatch) -> None:
+@contextlib.contextmanager
+def loop_blocked(run_sidecar: Any, logs: LogWatch) -> Iterator[Any]:
+    """A running sidecar whose app's event loop is blocked (past the stall's log line)
+    for as long as the ``with`` block lasts."""
     app = apps.BlocksLoop()
     running = run_sidecar(
         app,
@@ -284,13 +288,18 @@ def test_the_page_answers_while_the_app_loop_is_blocked(run_sidecar: Any, logs: 
     assert app.entered.wait(WAIT)
     try:
         logs.wait_for("event loop blocked for")  # the lag is past 0.3 s now
+        yield running
+    finally:
+        app.release()
+        request.join(WAIT)
+
+
+def test_the_page_answers_while_the_app_loop_is_blocked(run_sidecar: Any, logs: LogWatch) -> None:
+    with loop_blocked(run_sidecar, logs) as running:
         began = time.monotonic()
         document = snapshot(running)
         html = fetch(running.admin("/"), timeout=2).text
         elapsed = time.monotonic() - began
-    finally:
-        app.release()
-        request.join(WAIT)
     assert elapsed < 1.0  # the kubelet's own timeout; in practice milliseconds
     loop = next(c for c in document["probes"]["readiness"]["checks"] if c["name"] == "event-loop")
     assert loop["ok"] is False

@@ -13,7 +13,6 @@ import os
 import shutil
 import socket
 import struct
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,12 +22,13 @@ from urllib.parse import urlsplit
 import pytest
 
 from sidecar.examples import demo
-from sidecar.status_page import PALETTES, duration, render
+from sidecar.status.assets import PALETTES
+from sidecar.status.page import duration, render
 
 from . import apps
 from .browser import Chromium, Page
-from .conftest import ROOT, WAIT, LogWatch, fetch, require_binaries
-from .test_status import poll, snapshot, verdicts
+from .conftest import ROOT, LogWatch, fetch, require_binaries
+from .test_status import loop_blocked, poll, snapshot, verdicts
 from .workers.test_supervisor import start_pod
 
 DOCS_SCREENSHOT = ROOT / "docs" / "status-page.png"
@@ -217,20 +217,8 @@ def test_the_page_refreshes_itself(run_sidecar: Any, open_page: Callable[..., Pa
 def test_the_page_loads_while_the_app_loop_is_blocked(
     run_sidecar: Any, logs: LogWatch, open_page: Callable[..., Page]
 ) -> None:
-    app = apps.BlocksLoop()
-    running = run_sidecar(
-        app,
-        health__heartbeat_interval=0.02,
-        health__ready_max_loop_lag=0.2,
-        health__stack_dump_after=0.3,
-        health__stack_dump_interval=0,
-    )
-    request = threading.Thread(target=fetch, args=(running.app("/block"),), daemon=True)
-    request.start()
-    assert app.entered.wait(WAIT)
     page = open_page()
-    try:
-        logs.wait_for("event loop blocked for")
+    with loop_blocked(run_sidecar, logs) as running:
         page.navigate(running.admin("/"))
         readiness = page.evaluate(CHECKS_IN_DOM)[0]["checks"]
         result = page.evaluate(
@@ -238,9 +226,6 @@ def test_the_page_loads_while_the_app_loop_is_blocked(
             ".find(row => row.querySelector('.check-name').textContent === 'event-loop')"
             ".cells[2].textContent"
         )
-    finally:
-        app.release()
-        request.join(WAIT)
     assert {"name": "event-loop", "state": "failed"} in readiness
     assert result.startswith("event loop blocked for")
     assert_nothing_but_the_page(page, running.admin("/"))

@@ -10,17 +10,15 @@ names.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
-from ..probe import CHECK_FAILURE_THRESHOLD, CHECK_INTERVAL, CHECK_NAME_FORM, CHECK_TIMEOUT
+from ..probe import CHECK_FAILURE_THRESHOLD, CHECK_INTERVAL, CHECK_TIMEOUT
+from ..redact import REDACTED, redact_url
 
 ENV_PREFIX = "SIDECAR_"
 #: What a secret's value is shown as, wherever configuration is printed.
-REDACTED = "<redacted>"
 
 #: The fields of an access log record: top-level keys of a JSON access log line, and
 #: placeholders of ``logging.access_log_format``, with a value of the type they have.
@@ -46,21 +44,6 @@ ACCESS_LOG_TEXT_FIELDS: Mapping[str, Any] = {
 
 # uvicorn's access log line, with the duration added.
 ACCESS_LOG_FORMAT = '%(client)s - "%(request_line)s" %(status)d %(reason)s %(duration_ms).1fms'
-
-
-def redact_url(url: str) -> str:
-    """Return ``url`` with the password of its ``user:password@`` part redacted."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:  # not a URL the checks could use either; nothing to find in it
-        return url
-    if password is None:
-        return url
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    netloc = f"{user}:{REDACTED}@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def _opt(default: Any, doc: str, **bounds: Any) -> Any:
@@ -489,9 +472,11 @@ class Config:
         passwords in the checks' URLs.
         """
         document = dataclasses.asdict(self)
-        for spec in key_specs():
-            if spec.bounds.get("secret") and document[spec.section][spec.name]:
-                document[spec.section][spec.name] = REDACTED
+        for section in dataclasses.fields(self):
+            values = document[section.name]
+            for key in dataclasses.fields(getattr(self, section.name)):
+                if key.metadata.get("secret") and values[key.name]:
+                    values[key.name] = REDACTED
         # Lists, not tuples (YAML's safe dumper has no tuples), and per check only the
         # keys that apply to its type, so the output loads back without errors.
         document["health"]["checks"] = [_check_to_dict(c, redact=True) for c in self.health.checks]
@@ -508,86 +493,3 @@ def _check_to_dict(check: HealthCheckConfig, *, redact: bool) -> dict[str, Any]:
                 value = redact_url(value)
             document[f.name] = list(value) if isinstance(value, tuple) else value
     return document
-
-
-SECTIONS: dict[str, type[Any]] = {
-    f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)
-}
-
-
-@dataclass(frozen=True)
-class KeySpec:
-    """One configuration key: where it lives, its type, default and documentation."""
-
-    section: str
-    name: str
-    type: Any
-    default: Any
-    doc: str
-    bounds: Mapping[str, Any]
-    #: Command-line flags that set the key: its own name first, then aliases (uvicorn's).
-    flags: tuple[str, ...] = ()
-
-    @property
-    def path(self) -> str:
-        return f"{self.section}.{self.name}"
-
-    @property
-    def env(self) -> str:
-        return f"{ENV_PREFIX}{self.section.upper()}_{self.name.upper()}"
-
-    @property
-    def expected(self) -> str:
-        """Describe the accepted form, for error messages and docs."""
-        if typing.get_origin(self.type) is Literal:
-            return "one of " + ", ".join(repr(c) for c in typing.get_args(self.type))
-        if self.type is bool:
-            return "a boolean (true or false)"
-        if self.type is int:
-            low, high = self.bounds.get("min"), self.bounds.get("max")
-            if low is not None and high is not None:
-                return f"an integer from {low} to {high}"
-            return f"an integer >= {low}" if low is not None else "an integer"
-        if self.type is float:
-            if self.bounds.get("above") is not None:
-                return (
-                    f"a number of seconds > {self.bounds['above']:g} (fractions allowed, e.g. 0.5)"
-                )
-            return "a number of seconds >= 0 (fractions allowed, e.g. 2.5)"
-        if self.type == tuple[str, ...]:
-            return f"a list of names ({CHECK_NAME_FORM})"
-        if self.type == tuple[HealthCheckConfig, ...]:
-            return (
-                "a list of check mappings, e.g. "
-                "[{name: db, type: tcp, host: db.internal, port: 5432}]"
-            )
-        return "a string"
-
-
-def _field_specs(section: str, cls: type[Any]) -> list[KeySpec]:
-    hints = typing.get_type_hints(cls)
-    specs = []
-    for f in dataclasses.fields(cls):
-        bounds = {k: v for k, v in f.metadata.items() if k not in ("doc", "flags")}
-        specs.append(
-            KeySpec(
-                section,
-                f.name,
-                hints[f.name],
-                f.default,
-                f.metadata["doc"],
-                bounds,
-                tuple(f.metadata.get("flags", ())),
-            )
-        )
-    return specs
-
-
-def key_specs() -> list[KeySpec]:
-    """List every configuration key in declaration order."""
-    return [spec for section, cls in SECTIONS.items() for spec in _field_specs(section, cls)]
-
-
-def check_key_specs() -> list[KeySpec]:
-    """List the keys of one ``health.checks`` entry (section ``health.checks[]``)."""
-    return _field_specs("health.checks[]", HealthCheckConfig)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from ..errors import UnexpectedMessageError
+from ..errors import ClientDisconnected, UnexpectedMessageError
 from ..types import ASGIApp, Message, Scope
 from ._aiohttp import EMPTY_PAYLOAD, RawRequestMessage, StreamReader, drain
 from .access import REQUEST_ID_HEADER
@@ -34,14 +34,6 @@ from .response import (
 )
 
 logger = logging.getLogger("sidecar.app")
-
-
-class ClientDisconnected(OSError):
-    """Raised by ``send()`` when the client has closed the connection.
-
-    An ``OSError``, as the HTTP spec 2.4 says (``scope.ASGI_VERSION``): it is what lets
-    Starlette stream without a second task listening for ``http.disconnect``.
-    """
 
 
 class Connection(Protocol):

@@ -1,7 +1,7 @@
 """Serve an ASGI app's traffic on the app port.
 
 ``connection.HttpConnection`` parses requests with aiohttp's HTTP/1.1 parser and keeps
-connections alive; this module binds the port, turns each request into an ASGI scope
+connections alive; ``listen`` binds the port; this module turns each request into an ASGI scope
 (``scope.ScopeBuilder``), runs the app on it (one task per request) with an exchange
 (``exchange.HttpExchange``) carrying the app's messages, and refuses what must not reach
 the app. WebSocket connections are served by aiohttp's low-level ``web.Server`` (no
@@ -15,12 +15,7 @@ deadline on the loop's clock that the runner computed once: ``end_streams``,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import socket
-import ssl
-import stat
 import time
 from typing import Any
 
@@ -29,13 +24,14 @@ from aiohttp import web
 from ..aio import first_of
 from ..config import ServerConfig
 from ..config.schema import ACCESS_LOG_FORMAT
-from ..errors import BindError, ConfigError
+from ..errors import ClientDisconnected
 from ..metrics import Metrics
 from ..types import ASGIApp
 from ._aiohttp import EMPTY_PAYLOAD, AsgiRequest, finished, websocket_server
 from .access import REQUEST_ID_HEADER, UNMATCHED, AccessLog, access_record, request_id, route_of
 from .connection import Connections, ConnectionSettings, address
-from .exchange import ClientDisconnected, HttpExchange
+from .exchange import HttpExchange
+from .listen import listen, remove_socket_file
 from .response import RETRY_AFTER
 from .scope import HTTP_VERSIONS, ScopeBuilder
 from .websocket import WebSocketSession, WebSocketSettings
@@ -154,113 +150,8 @@ class AppServer:
         return self._connections
 
     async def start(self) -> None:
-        """Listen on the app port; raise ``BindError`` when that is impossible.
-
-        The port is ``server.host``/``server.port``, or a Unix domain socket
-        (``server.uds``), or a socket bound by whoever started the process (``server.fd``).
-        """
-        config = self._config
-        if config.uds:
-            await self._start_unix(config.uds)
-        elif config.fd >= 0:
-            await self._start_inherited(config.fd)
-        else:
-            await self._start_tcp(config.host, config.port)
-
-    async def _start_tcp(self, host: str, port: int) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            self._server = await loop.create_server(
-                self.connection_factory(),
-                host,
-                port,
-                backlog=self._config.backlog,
-                reuse_address=True,
-                ssl=self._tls_context(),
-            )
-        except OSError as exc:
-            raise BindError(
-                f"cannot bind the app port {host}:{port} (server.host/server.port): "
-                f"{exc.strerror or exc}"
-            ) from exc
-        self._bound(self._server.sockets[0])
-
-    async def _start_unix(self, path: str) -> None:
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(FileNotFoundError):
-            if not stat.S_ISSOCK(os.stat(path).st_mode):
-                raise BindError(
-                    f"cannot bind the app socket {path!r} (server.uds): the path exists and "
-                    "is not a socket"
-                )
-        try:
-            # asyncio replaces a stale socket file left by an earlier process.
-            self._server = await loop.create_unix_server(
-                self.connection_factory(),
-                path,
-                backlog=self._config.backlog,
-                ssl=self._tls_context(),
-            )
-        except OSError as exc:
-            raise BindError(
-                f"cannot bind the app socket {path!r} (server.uds): {exc.strerror or exc}"
-            ) from exc
-        self.url = f"unix:{path}"
-
-    async def _start_inherited(self, fd: int) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            sock = socket.socket(fileno=fd)
-        except OSError as exc:
-            raise BindError(
-                f"cannot use file descriptor {fd} as the app port (server.fd): "
-                f"{exc.strerror or exc}"
-            ) from exc
-        if sock.type != socket.SOCK_STREAM:
-            sock.detach()
-            raise BindError(
-                f"cannot use file descriptor {fd} as the app port (server.fd): not a stream "
-                "socket; expected a bound TCP or Unix socket"
-            )
-        try:
-            # Listens if the parent only bound it; on a listening socket it sets the backlog.
-            sock.listen(self._config.backlog)
-            self._server = await loop.create_server(
-                self.connection_factory(),
-                sock=sock,
-                backlog=self._config.backlog,
-                ssl=self._tls_context(),
-            )
-        except OSError as exc:
-            raise BindError(
-                f"cannot serve on file descriptor {fd} (server.fd): {exc.strerror or exc}"
-            ) from exc
-        if sock.family == socket.AF_UNIX:
-            self.url = f"unix:{sock.getsockname()} (fd {fd})"
-        else:
-            self._bound(sock, f" (fd {fd})")
-
-    def _bound(self, sock: socket.socket, note: str = "") -> None:
-        bound = sock.getsockname()
-        self.address = (bound[0], bound[1])
-        host, port = self.address
-        self.url = (f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}") + note
-
-    def _tls_context(self) -> ssl.SSLContext | None:
-        config = self._config
-        if not config.tls_certfile:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            context.load_cert_chain(config.tls_certfile, config.tls_keyfile)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                [
-                    f"cannot load the TLS certificate {config.tls_certfile!r} with key "
-                    f"{config.tls_keyfile!r} (server.tls_certfile/tls_keyfile): {exc}"
-                ]
-            ) from exc
-        return context
+        """Listen on the app port (``listen``); raise ``BindError`` when that is impossible."""
+        self._server, self.address, self.url = await listen(self._config, self.connection_factory())
 
     # -- HTTP requests ------------------------------------------------------------------
 
@@ -572,12 +463,8 @@ class AppServer:
         self._closing = True
         if self._server is not None:
             self._server.close()
-        uds = self._config.uds
-        if uds and self.url.startswith("unix:"):
-            # Our own socket file; asyncio leaves it behind.
-            with contextlib.suppress(OSError):
-                if stat.S_ISSOCK(os.stat(uds).st_mode):
-                    os.unlink(uds)
+        if self._config.uds and self.url.startswith("unix:"):
+            remove_socket_file(self._config.uds)
         if self._connections is not None:
             self._connections.close_all()
         if self._ws_server is not None:

@@ -17,10 +17,10 @@ from enum import Enum
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..aio import first_of
-from ..errors import UnexpectedMessageError
+from ..errors import ClientDisconnected, UnexpectedMessageError
 from ..types import Message
 from ._aiohttp import AsgiRequest, finished
-from .exchange import ClientDisconnected, HttpExchange
+from .exchange import HttpExchange
 
 logger = logging.getLogger("sidecar.app")
 

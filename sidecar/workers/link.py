@@ -11,9 +11,13 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .channel import Channel, Message, encode
+from .report import worker_status
+
+if TYPE_CHECKING:
+    from ..runner import Sidecar
 
 logger = logging.getLogger("sidecar.workers")
 
@@ -24,9 +28,9 @@ STATUS_INTERVAL = 0.5
 class WorkerLink:
     """Report this worker's status to the supervisor and carry out its commands.
 
-    The composition root sets ``status`` (what to report), ``stop`` (begin the
-    shutdown; ``True`` skips what is left of the waits) and ``dump`` (log the app
-    thread's stack) before the link runs.
+    The sidecar ``attach``es itself before the link runs: from then on ``status`` is
+    what to report, ``stop`` begins its shutdown (``True`` skips what is left of the
+    waits) and ``dump`` logs the app thread's stack.
     """
 
     def __init__(self, sock: socket.socket, slot: int) -> None:
@@ -35,6 +39,12 @@ class WorkerLink:
         self.status: Callable[[], Message] = dict
         self.stop: Callable[[bool], None] = lambda force: None
         self.dump: Callable[[], None] = lambda: None
+
+    def attach(self, sidecar: Sidecar) -> None:
+        """Report ``sidecar``'s status from now on and obey the supervisor on it."""
+        self.status = lambda: worker_status(sidecar)
+        self.stop = lambda force: sidecar.request_shutdown(force=force)
+        self.dump = sidecar.loop_monitor.dump_now
 
     async def run(self) -> None:
         """Report every ``STATUS_INTERVAL`` until cancelled; obey what arrives."""

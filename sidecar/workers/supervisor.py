@@ -36,7 +36,7 @@ from .._version import __version__
 from ..addresses import http_url
 from ..admin import AdminServer
 from ..aio import first_of
-from ..auth import AdminGuard, load_token
+from ..auth import AdminGuard
 from ..config import Config, ServerConfig
 from ..errors import AppLoadError, BindError, LifespanError, SidecarError
 from ..metrics import STARTUP_FAILURE_REASONS
@@ -46,6 +46,7 @@ from ..record import StartupRecord
 from ..serving import CUT_GRACE
 from ..state import Lifecycle, Phase, log_transition
 from ..status import Status, Traffic
+from ..stopping import StopRequests, until_drain_end
 from .metrics import SupervisorMetrics
 from .pool import Pool, Worker
 from .probes import WorkerProbes
@@ -131,11 +132,7 @@ class Supervisor:
             self.lifecycle,
             self.metrics,
             self.probes,
-            guard=AdminGuard(
-                load_token(config.admin),
-                config.admin.allow_from,
-                trust_loopback=config.admin.trust_loopback,
-            ),
+            guard=AdminGuard.from_config(config.admin),
             # No checks or event loop of its own to show: those are the workers'.
             status=Status(
                 config,
@@ -150,10 +147,13 @@ class Supervisor:
                 workers=self.probes.rows,
             ).snapshot,
         )
-        self._stop = asyncio.Event()
-        self._force = asyncio.Event()
-        self._signals = 0
-        self._skip_delay = False
+        self._requests = StopRequests(
+            self.lifecycle,
+            config.shutdown.drain_delay,
+            on_terminal=stdin_is_a_terminal,
+            abort=self._abort if on_abort is not None else None,
+        )
+        self._stop, self._force = self._requests.stop, self._requests.force
 
     def _lifecycle_sample(self) -> tuple[str, bool, bool]:
         """The phase and the verdicts of /readyz and /livez now (for a scrape)."""
@@ -188,35 +188,19 @@ class Supervisor:
 
     # -- shutdown requests ----------------------------------------------------------------
 
-    def _on_signal(self, signum: signal.Signals) -> None:
-        self._signals += 1
-        name = signal.Signals(signum).name
-        logger.info("received %s", name)
-        if self._signals >= 3 and self._on_abort is not None:
-            code = 128 + int(signum)
-            logger.error(
-                "third signal (%s): killing every worker and exiting at once with code %d, "
-                "in phase %s",
-                name,
-                code,
-                self.lifecycle.phase.value,
-                extra={"event": "exit", "exit_code": code},
-            )
-            self.pool.kill()
+    def _abort(self, signum: signal.Signals) -> None:
+        """A third signal: kill every worker, then exit at once (``128 + signum``)."""
+        code = 128 + int(signum)
+        logger.error(
+            "third signal (%s): killing every worker and exiting at once with code %d, in phase %s",
+            signal.Signals(signum).name,
+            code,
+            self.lifecycle.phase.value,
+            extra={"event": "exit", "exit_code": code},
+        )
+        self.pool.kill()
+        if self._on_abort is not None:
             self._on_abort(code)
-            return
-        if self._stop.is_set():
-            if not self._force.is_set():
-                logger.warning("second shutdown request: skipping what is left of the drain")
-            self._force.set()
-        elif signum == signal.SIGINT and stdin_is_a_terminal():
-            # Ctrl-C at a terminal: a person waits, and no load balancer routes here.
-            logger.info(
-                "SIGINT from a terminal: skipping the drain delay (no load balancer to wait "
-                "for); in-flight requests still finish"
-            )
-            self._skip_delay = True
-        self._stop.set()
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -225,7 +209,7 @@ class Supervisor:
         app failed to start, ``BindError``, or ``WorkersFailed``."""
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._on_signal, signum)
+            loop.add_signal_handler(signum, self._requests.on_signal, signum)
         pool, lifecycle = self.pool, self.lifecycle
         try:
             self._listen = bind_app_socket(self.config.server)
@@ -307,12 +291,11 @@ class Supervisor:
         if lifecycle.phase is Phase.FAILED:
             return
         drain_end = lifecycle.begin_drain()
-        left = 0.0 if self._skip_delay else drain_end - lifecycle.clock()
-        if left > 0 and not force.is_set():
+        skip = self._requests.skip_delay
+        left = 0.0 if skip.is_set() else drain_end - lifecycle.clock()
+        if left > 0:
             logger.info("draining: the workers serve for %.1fs more", left)
-            while left > 0 and not force.is_set():
-                await first_of(force.wait(), deadline=loop.time() + left)
-                left = drain_end - lifecycle.clock()
+            await until_drain_end(lifecycle, drain_end, skip)
         lifecycle.transition(Phase.STOPPING, f"stopping {len(pool.everyone)} workers")
         await pool.stop(force=force.is_set())
         deadline = loop.time() + self._stop_budget()

@@ -1,6 +1,6 @@
 """The status snapshot: everything the status page shows, as one plain dict.
 
-The admin port serves it on ``/`` as HTML (``status_page``) and, when asked for
+The admin port serves it on ``/`` as HTML (``page``) and, when asked for
 ``application/json``, as this very dict. It is built when someone asks, on the admin
 thread, from what the parts keep anyway (the lifecycle's timeline, the checks' last
 runs, the event loop's lag history: each a small fixed-size buffer), so it costs
@@ -49,14 +49,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, Protocol
 
-from .config import Config
-from .health import CheckScheduler, LoopMonitor
-from .health.loop_monitor import HISTORY_STEP, RECENT_WINDOW
-from .health.scheduler import CheckHistory
-from .metrics import RequestStats
-from .probe import Check, Probe, check_document, passes
-from .record import StartupRecord
-from .state import Lifecycle
+from ..config import Config
+from ..health import CheckScheduler, LoopMonitor
+from ..health.loop_monitor import HISTORY_STEP, RECENT_WINDOW
+from ..health.scheduler import CheckHistory
+from ..metrics import RequestStats
+from ..probe import Check, Probe, check_document, passes
+from ..record import StartupRecord
+from ..state import Lifecycle
 
 SCHEMA = 1
 
