@@ -1,5 +1,6 @@
 """The documentation holds together: links resolve, shell examples survive zsh, and
-docs/architecture.md lists the package's modules in an order the imports respect."""
+docs/architecture.md lists the package's modules in an order the imports respect, none of
+them over 500 lines."""
 
 from __future__ import annotations
 
@@ -209,3 +210,16 @@ def test_architecture_order_matches_the_imports() -> None:
     assert not upward, "docs/architecture.md lists these below what imports them: " + (
         "; ".join(upward)
     )
+
+
+# A module longer than this does more than one job: split it along its seams.
+MAX_MODULE_LINES = 500
+
+
+def test_no_module_of_the_package_is_over_500_lines() -> None:
+    long = {
+        str(path.relative_to(ROOT)): lines
+        for path in PACKAGE.rglob("*.py")
+        if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert long == {}
