@@ -1,7 +1,7 @@
 """Requests to stop and how they escalate (``sidecar.stopping``), without sockets.
 
 The shutdown order itself (``stop_serving``) runs against real servers in
-tests/test_runner.py and tests/test_shutdown.py; here: what each request sets.
+tests/test_runner.py and tests/serving/test_server.py; here: what each request sets.
 """
 
 from __future__ import annotations
