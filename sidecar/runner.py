@@ -65,7 +65,7 @@ from .record import StartupRecord
 from .serving import AppServer
 from .state import Lifecycle, Phase, log_transition
 from .status import Status, Traffic, served_by
-from .stopping import StopRequests, stop_serving
+from .stopping import StopRequests, linger, stop_serving
 from .types import ASGIApp
 
 logger = logging.getLogger("sidecar")
@@ -254,7 +254,9 @@ class Sidecar:
         except (AppLoadError, LifespanError):
             # The app failed to start: the run ends with exit code 3, once the failure
             # had a chance to be scraped.
-            await self._linger("the app failed to start", until=self._stop)
+            await linger(
+                self.config.lifespan.failure_linger, "the app failed to start", until=self._stop
+            )
             raise
         except BaseException:
             if self.lifecycle.phase not in (Phase.STOPPED, Phase.FAILED):
@@ -270,19 +272,6 @@ class Sidecar:
             finally:  # even when cancelled while stopping the checks
                 self.loop_monitor.stop()
                 self.admin.stop()
-
-    async def _linger(self, why: str, *, until: asyncio.Event) -> None:
-        """Keep the admin port up for ``lifespan.failure_linger`` (or until ``until``)."""
-        linger = self.config.lifespan.failure_linger
-        if linger <= 0 or until.is_set():
-            return
-        logger.info(
-            "%s; the admin port stays up for %gs (lifespan.failure_linger) so that "
-            "Prometheus can scrape it",
-            why,
-            linger,
-        )
-        await first_of(until.wait(), deadline=asyncio.get_running_loop().time() + linger)
 
     async def _watch(self, trigger: ShutdownTrigger) -> None:
         await trigger()
@@ -447,7 +436,11 @@ class Sidecar:
         await self._lifespan_shutdown(driver)
         self.lifecycle.transition(Phase.STOPPED)
         if server.aborted:
-            await self._linger(f"{server.aborted} request(s) were cut", until=self._force)
+            await linger(
+                self.config.lifespan.failure_linger,
+                f"{server.aborted} request(s) were cut",
+                until=self._force,
+            )
 
     async def _stop_serving(self, server: AppServer) -> None:
         """Drain and stop the app port (``stopping.stop_serving``), then count the drain."""

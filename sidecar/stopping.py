@@ -87,6 +87,20 @@ class StopRequests:
         self.request()
 
 
+async def linger(seconds: float, why: str, *, until: asyncio.Event) -> None:
+    """Keep the process (and its admin port) up for ``seconds`` or until ``until`` is set,
+    so that Prometheus scrapes what ``why`` says happened (``lifespan.failure_linger``)."""
+    if seconds <= 0 or until.is_set():
+        return
+    logger.info(
+        "%s; the admin port stays up for %gs (lifespan.failure_linger) so that "
+        "Prometheus can scrape it",
+        why,
+        seconds,
+    )
+    await first_of(until.wait(), deadline=asyncio.get_running_loop().time() + seconds)
+
+
 async def until_drain_end(lifecycle: Lifecycle, drain_end: float, skip: asyncio.Event) -> None:
     """Wait until the drain delay has ended on the lifecycle's clock, or ``skip`` is set.
 

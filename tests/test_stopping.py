@@ -13,7 +13,7 @@ import signal
 import pytest
 
 from sidecar.state import Lifecycle
-from sidecar.stopping import StopRequests, until_drain_end
+from sidecar.stopping import StopRequests, linger, until_drain_end
 
 
 class Clock:
@@ -139,3 +139,27 @@ def test_skipping_ends_the_drain_delay_at_once() -> None:
         await asyncio.wait_for(waiting, timeout=5)
 
     asyncio.run(scenario())
+
+
+def test_linger_ends_when_told_and_not_at_all_without_seconds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "sidecar")
+
+    async def scenario() -> None:
+        until = asyncio.Event()
+        await asyncio.wait_for(linger(0, "nothing to show", until=until), timeout=5)
+        assert "nothing to show" not in caplog.text
+        waiting = asyncio.ensure_future(linger(3600, "the app failed to start", until=until))
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        until.set()
+        await asyncio.wait_for(waiting, timeout=5)
+        await asyncio.wait_for(linger(3600, "already stopping", until=until), timeout=5)
+
+    asyncio.run(scenario())
+    assert (
+        "the app failed to start; the admin port stays up for 3600s (lifespan.failure_linger)"
+        in caplog.text
+    )
+    assert "already stopping" not in caplog.text

@@ -46,7 +46,7 @@ from ..record import StartupRecord
 from ..serving import CUT_GRACE
 from ..state import Lifecycle, Phase, log_transition
 from ..status import Status, Traffic
-from ..stopping import StopRequests, until_drain_end
+from ..stopping import StopRequests, linger, until_drain_end
 from .metrics import SupervisorMetrics
 from .pool import Pool, Worker
 from .probes import WorkerProbes
@@ -253,15 +253,9 @@ class Supervisor:
         """A worker's app failed to start: stop the others, then raise its error."""
         reason, message = self.pool.fatal_failure or ("failed", "a worker failed to start")
         self.lifecycle.transition(Phase.FAILED, f"worker startup failed ({reason})")
-        linger = self.config.lifespan.failure_linger
-        if linger > 0:
-            logger.info(
-                "a worker's app failed to start; the admin port stays up for %gs "
-                "(lifespan.failure_linger) so that Prometheus can scrape it",
-                linger,
-            )
-            loop = asyncio.get_running_loop()
-            await first_of(self._stop.wait(), deadline=loop.time() + linger)
+        await linger(
+            self.config.lifespan.failure_linger, "a worker's app failed to start", until=self._stop
+        )
         await self.pool.stop(force=True)
         await self.pool.wait_stopped(asyncio.get_running_loop().time() + self._stop_budget())
         if reason == "config":
