@@ -328,10 +328,9 @@ class AdminServer:
         if source is None:  # the route exists only with a source
             raise web.HTTPNotFound()
         answer = _status_format(request)
-        snapshot = source()
         if answer == "json":
             return web.Response(
-                text=json.dumps(snapshot),
+                text=json.dumps(source()),
                 content_type="application/json",
                 headers={
                     "Cache-Control": "no-store",
@@ -346,7 +345,7 @@ class AdminServer:
                 text=f"{exc}\n", headers={"Cache-Control": "no-store"}
             ) from None
         return web.Response(
-            text=render_status_page(snapshot, refresh_s=refresh),
+            text=render_status_page(source(), refresh_s=refresh),
             content_type="text/html",
             headers={**STATUS_PAGE_HEADERS, "Vary": "Accept"},
         )
